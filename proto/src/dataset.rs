@@ -1,0 +1,511 @@
+//! The dataset schema: one row per accepted item, and its Parquet codec.
+//!
+//! The Arrow schema below is the contract documented in the README. Columns use only types that
+//! pyarrow, pandas, DuckDB and Hugging Face `datasets` read without conversion (strings, lists,
+//! structs, float64, int64, timestamps). Parts and merged datasets use the same schema; a shard's
+//! [`crate::ShardReport`] travels in the Parquet key-value metadata of its part.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt64Type};
+use arrow_array::{
+    Array, ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, StructArray,
+    TimestampMillisecondArray, UInt64Array,
+};
+use arrow_buffer::OffsetBuffer;
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::hash::digest;
+
+/// Version of the dataset schema, stored in every file's metadata.
+pub const DATASET_SCHEMA_VERSION: &str = "1";
+/// Metadata key of the schema version.
+pub const SCHEMA_VERSION_KEY: &str = "principia.schema_version";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// Where an evidence quote sits: byte offsets into the node's text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceSpan {
+    pub node_id: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub criterion: String,
+    pub value: f64,
+}
+
+/// One accepted item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub record_id: String,
+    pub job_id: String,
+    pub shard_id: String,
+    pub node_id: String,
+    pub citation: String,
+    pub section_path: Vec<String>,
+    pub question: String,
+    pub answer: String,
+    pub messages: Vec<Message>,
+    /// Verbatim quotes from the source that support the answer.
+    pub evidence: Vec<String>,
+    /// Where each quote of `evidence` sits (same order).
+    pub evidence_spans: Vec<EvidenceSpan>,
+    pub scores: Vec<Score>,
+    /// The critique's verdict (`accept`, or `accept_after_refine`).
+    pub verdict: String,
+    /// Kind of question (`definition`, `obligation`, `prohibition`, `threshold`, ...).
+    pub question_type: String,
+    pub generator: String,
+    pub model: Option<String>,
+    pub judge_model: Option<String>,
+    pub prompt_version: String,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub created_at: i64,
+}
+
+/// Deterministic record id: independent of the job id, so that the same request yields the same
+/// ids whichever way it ran.
+pub fn record_id(shard_id: &str, node_id: &str, question: &str, answer: &str) -> String {
+    format!(
+        "rec-{}",
+        digest(
+            &[
+                b"record",
+                shard_id.as_bytes(),
+                node_id.as_bytes(),
+                question.as_bytes(),
+                answer.as_bytes()
+            ],
+            24
+        )
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("column `{0}` is missing or has the wrong type")]
+    Column(&'static str),
+}
+
+fn message_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("role", DataType::Utf8, false),
+        Field::new("content", DataType::Utf8, false),
+    ])
+}
+
+fn span_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("node_id", DataType::Utf8, false),
+        Field::new("start", DataType::UInt64, false),
+        Field::new("end", DataType::UInt64, false),
+    ])
+}
+
+fn score_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("criterion", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+    ])
+}
+
+fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", item, true)))
+}
+
+/// The Arrow schema of the dataset.
+pub fn schema() -> SchemaRef {
+    let utf8 = |name: &str| Field::new(name, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        utf8("record_id"),
+        utf8("job_id"),
+        utf8("shard_id"),
+        utf8("node_id"),
+        utf8("citation"),
+        Field::new("section_path", list_of(DataType::Utf8), false),
+        utf8("question"),
+        utf8("answer"),
+        Field::new("messages", list_of(DataType::Struct(message_fields())), false),
+        Field::new("evidence", list_of(DataType::Utf8), false),
+        Field::new(
+            "evidence_spans",
+            list_of(DataType::Struct(span_fields())),
+            false,
+        ),
+        Field::new("scores", list_of(DataType::Struct(score_fields())), false),
+        utf8("verdict"),
+        utf8("question_type"),
+        utf8("generator"),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("judge_model", DataType::Utf8, true),
+        utf8("prompt_version"),
+        Field::new(
+            "created_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+    ]))
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn list(item: DataType, lengths: Vec<usize>, values: ArrayRef) -> ArrayRef {
+    Arc::new(ListArray::new(
+        Arc::new(Field::new("item", item, true)),
+        OffsetBuffer::from_lengths(lengths),
+        values,
+        None,
+    ))
+}
+
+fn string_list(records: &[Record], get: impl Fn(&Record) -> &Vec<String>) -> ArrayRef {
+    let lengths = records.iter().map(|r| get(r).len()).collect();
+    let values = strings(records.iter().flat_map(|r| get(r).iter().map(String::as_str)));
+    list(DataType::Utf8, lengths, values)
+}
+
+/// Build a record batch in the dataset schema.
+pub fn to_batch(records: &[Record]) -> Result<RecordBatch, DatasetError> {
+    let text = |get: fn(&Record) -> &str| strings(records.iter().map(get));
+
+    let messages = records.iter().flat_map(|r| &r.messages);
+    let messages = StructArray::new(
+        message_fields(),
+        vec![
+            strings(messages.clone().map(|m| m.role.as_str())),
+            strings(messages.map(|m| m.content.as_str())),
+        ],
+        None,
+    );
+    let spans = records.iter().flat_map(|r| &r.evidence_spans);
+    let spans = StructArray::new(
+        span_fields(),
+        vec![
+            strings(spans.clone().map(|s| s.node_id.as_str())),
+            Arc::new(UInt64Array::from_iter_values(spans.clone().map(|s| s.start))),
+            Arc::new(UInt64Array::from_iter_values(spans.map(|s| s.end))),
+        ],
+        None,
+    );
+    let scores = records.iter().flat_map(|r| &r.scores);
+    let scores = StructArray::new(
+        score_fields(),
+        vec![
+            strings(scores.clone().map(|s| s.criterion.as_str())),
+            Arc::new(Float64Array::from_iter_values(scores.map(|s| s.value))),
+        ],
+        None,
+    );
+
+    let columns: Vec<ArrayRef> = vec![
+        text(|r| &r.record_id),
+        text(|r| &r.job_id),
+        text(|r| &r.shard_id),
+        text(|r| &r.node_id),
+        text(|r| &r.citation),
+        string_list(records, |r| &r.section_path),
+        text(|r| &r.question),
+        text(|r| &r.answer),
+        list(
+            DataType::Struct(message_fields()),
+            records.iter().map(|r| r.messages.len()).collect(),
+            Arc::new(messages),
+        ),
+        string_list(records, |r| &r.evidence),
+        list(
+            DataType::Struct(span_fields()),
+            records.iter().map(|r| r.evidence_spans.len()).collect(),
+            Arc::new(spans),
+        ),
+        list(
+            DataType::Struct(score_fields()),
+            records.iter().map(|r| r.scores.len()).collect(),
+            Arc::new(scores),
+        ),
+        text(|r| &r.verdict),
+        text(|r| &r.question_type),
+        text(|r| &r.generator),
+        Arc::new(StringArray::from(
+            records.iter().map(|r| r.model.as_deref()).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            records
+                .iter()
+                .map(|r| r.judge_model.as_deref())
+                .collect::<Vec<_>>(),
+        )),
+        text(|r| &r.prompt_version),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(records.iter().map(|r| r.created_at))
+                .with_timezone("UTC"),
+        ),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+/// Read records back from a batch in the dataset schema.
+pub fn from_batch(batch: &RecordBatch) -> Result<Vec<Record>, DatasetError> {
+    let column = |name: &'static str| batch.column_by_name(name).ok_or(DatasetError::Column(name));
+    let text = |name: &'static str| -> Result<&StringArray, DatasetError> {
+        column(name)?
+            .as_string_opt::<i32>()
+            .ok_or(DatasetError::Column(name))
+    };
+    let list = |name: &'static str| -> Result<&ListArray, DatasetError> {
+        column(name)?
+            .as_list_opt::<i32>()
+            .ok_or(DatasetError::Column(name))
+    };
+    let record_id = text("record_id")?;
+    let job_id = text("job_id")?;
+    let shard_id = text("shard_id")?;
+    let node_id = text("node_id")?;
+    let citation = text("citation")?;
+    let section_path = list("section_path")?;
+    let question = text("question")?;
+    let answer = text("answer")?;
+    let messages = list("messages")?;
+    let evidence = list("evidence")?;
+    let evidence_spans = list("evidence_spans")?;
+    let scores = list("scores")?;
+    let verdict = text("verdict")?;
+    let question_type = text("question_type")?;
+    let generator = text("generator")?;
+    let model = text("model")?;
+    let judge_model = text("judge_model")?;
+    let prompt_version = text("prompt_version")?;
+    let created_at = column("created_at")?
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or(DatasetError::Column("created_at"))?;
+
+    let optional = |array: &StringArray, row: usize| {
+        (!array.is_null(row)).then(|| array.value(row).to_string())
+    };
+    let mut records = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        records.push(Record {
+            record_id: record_id.value(row).into(),
+            job_id: job_id.value(row).into(),
+            shard_id: shard_id.value(row).into(),
+            node_id: node_id.value(row).into(),
+            citation: citation.value(row).into(),
+            section_path: string_items(section_path, row, "section_path")?,
+            question: question.value(row).into(),
+            answer: answer.value(row).into(),
+            messages: struct_items(messages, row, "messages", |s, i| {
+                Ok(Message {
+                    role: struct_text(s, 0, i, "messages")?,
+                    content: struct_text(s, 1, i, "messages")?,
+                })
+            })?,
+            evidence: string_items(evidence, row, "evidence")?,
+            evidence_spans: struct_items(evidence_spans, row, "evidence_spans", |s, i| {
+                let number = |c: usize| {
+                    s.column(c)
+                        .as_primitive_opt::<UInt64Type>()
+                        .map(|a| a.value(i))
+                        .ok_or(DatasetError::Column("evidence_spans"))
+                };
+                Ok(EvidenceSpan {
+                    node_id: struct_text(s, 0, i, "evidence_spans")?,
+                    start: number(1)?,
+                    end: number(2)?,
+                })
+            })?,
+            scores: struct_items(scores, row, "scores", |s, i| {
+                Ok(Score {
+                    criterion: struct_text(s, 0, i, "scores")?,
+                    value: s
+                        .column(1)
+                        .as_primitive_opt::<Float64Type>()
+                        .map(|a| a.value(i))
+                        .ok_or(DatasetError::Column("scores"))?,
+                })
+            })?,
+            verdict: verdict.value(row).into(),
+            question_type: question_type.value(row).into(),
+            generator: generator.value(row).into(),
+            model: optional(model, row),
+            judge_model: optional(judge_model, row),
+            prompt_version: prompt_version.value(row).into(),
+            created_at: created_at.value(row),
+        });
+    }
+    Ok(records)
+}
+
+fn string_items(
+    list: &ListArray,
+    row: usize,
+    name: &'static str,
+) -> Result<Vec<String>, DatasetError> {
+    let values = list.value(row);
+    let values = values
+        .as_string_opt::<i32>()
+        .ok_or(DatasetError::Column(name))?;
+    Ok(values.iter().map(|v| v.unwrap_or("").to_string()).collect())
+}
+
+fn struct_items<T>(
+    list: &ListArray,
+    row: usize,
+    name: &'static str,
+    item: impl Fn(&StructArray, usize) -> Result<T, DatasetError>,
+) -> Result<Vec<T>, DatasetError> {
+    let values = list.value(row);
+    let values = values.as_struct_opt().ok_or(DatasetError::Column(name))?;
+    (0..values.len()).map(|i| item(values, i)).collect()
+}
+
+fn struct_text(
+    s: &StructArray,
+    column: usize,
+    row: usize,
+    name: &'static str,
+) -> Result<String, DatasetError> {
+    s.column(column)
+        .as_string_opt::<i32>()
+        .map(|a| a.value(row).to_string())
+        .ok_or(DatasetError::Column(name))
+}
+
+/// Encode records as one Parquet file (zstd), with extra key-value metadata.
+pub fn encode_parquet(
+    records: &[Record],
+    metadata: &[(&str, String)],
+) -> Result<Vec<u8>, DatasetError> {
+    let mut kv = vec![KeyValue::new(
+        SCHEMA_VERSION_KEY.to_string(),
+        DATASET_SCHEMA_VERSION.to_string(),
+    )];
+    kv.extend(
+        metadata
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.to_string(), v.clone())),
+    );
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(kv))
+        .build();
+    let mut buffer = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema(), Some(props))?;
+    for chunk in records.chunks(8192) {
+        writer.write(&to_batch(chunk)?)?;
+    }
+    writer.close()?;
+    Ok(buffer)
+}
+
+/// Decode a Parquet file in the dataset schema, with its key-value metadata.
+pub fn decode_parquet(
+    bytes: Bytes,
+) -> Result<(Vec<Record>, HashMap<String, String>), DatasetError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut records = Vec::new();
+    for batch in builder.build()? {
+        records.extend(from_batch(&batch?)?);
+    }
+    Ok((records, metadata))
+}
+
+/// Number of rows in the file, from its footer alone.
+pub fn parquet_row_count(bytes: Bytes) -> Result<i64, DatasetError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    Ok(builder.metadata().file_metadata().num_rows())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(i: usize) -> Record {
+        Record {
+            record_id: format!("rec-{i}"),
+            job_id: "al-1".into(),
+            shard_id: "sh-1".into(),
+            node_id: "n1".into(),
+            citation: "1 CFR 1.1".into(),
+            section_path: vec!["Title 1".into(), "§ 1.1".into()],
+            question: "What is it?".into(),
+            answer: "It is.".into(),
+            messages: vec![
+                Message {
+                    role: "user".into(),
+                    content: "What is it?".into(),
+                },
+                Message {
+                    role: "assistant".into(),
+                    content: "It is.".into(),
+                },
+            ],
+            evidence: vec!["It is.".into()],
+            evidence_spans: vec![EvidenceSpan {
+                node_id: "n1".into(),
+                start: 0,
+                end: 6,
+            }],
+            scores: vec![Score {
+                criterion: "faithfulness".into(),
+                value: 1.0,
+            }],
+            verdict: "accept".into(),
+            question_type: "definition".into(),
+            generator: "extractive".into(),
+            model: (i % 2 == 0).then(|| "m".to_string()),
+            judge_model: None,
+            prompt_version: "extractive-1".into(),
+            created_at: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn parquet_round_trip_keeps_every_field() {
+        let records: Vec<Record> = (0..5).map(sample).collect();
+        let bytes = encode_parquet(&records, &[("k", "v".into())]).unwrap();
+        let (back, meta) = decode_parquet(Bytes::from(bytes.clone())).unwrap();
+        assert_eq!(back, records);
+        assert_eq!(meta.get("k").map(String::as_str), Some("v"));
+        assert_eq!(parquet_row_count(Bytes::from(bytes)).unwrap(), 5);
+    }
+
+    #[test]
+    fn empty_file_round_trips() {
+        let bytes = encode_parquet(&[], &[]).unwrap();
+        let (back, _) = decode_parquet(Bytes::from(bytes)).unwrap();
+        assert!(back.is_empty());
+    }
+}

@@ -1,0 +1,64 @@
+//! The job specification: what the user asked for and how items are generated.
+//!
+//! Its fingerprint covers everything that changes the generated data, so that shard and record ids
+//! derived from it are identical for identical requests, whichever process runs them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::digest;
+
+/// Which generator produces candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratorKind {
+    /// Built-in, model-free: questions over the source's own regulatory sentences.
+    Extractive,
+    /// Any OpenAI-compatible chat-completions server.
+    Openai,
+}
+
+impl GeneratorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GeneratorKind::Extractive => "extractive",
+            GeneratorKind::Openai => "openai",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorSpec {
+    pub kind: GeneratorKind,
+    /// Generator model (openai only).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Judge model; the generator model when unset.
+    #[serde(default)]
+    pub judge_model: Option<String>,
+    #[serde(default)]
+    pub temperature: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// What the user wants the model to become ("I want a chatbot that specializes in ...").
+    pub instructions: String,
+    /// Written as the `system` message of every conversation when set.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    pub generator: GeneratorSpec,
+    /// Upper bound of source tokens per shard (a larger section becomes a shard of its own).
+    pub shard_token_budget: usize,
+    /// Items wanted per section at least; fewer is reported as (partially) uncovered.
+    pub min_items_per_section: u32,
+    /// Items kept per section at most.
+    pub max_items_per_section: u32,
+}
+
+impl JobSpec {
+    /// Digest of everything that determines the generated data.
+    pub fn fingerprint(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("job spec serializes");
+        digest(&[b"job-spec", &bytes], 32)
+    }
+}

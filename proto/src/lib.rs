@@ -1,0 +1,19 @@
+//! Principia's shared vocabulary: the principle tree, the job specification, the shard message that
+//! travels over the queue, the per-shard report, and the dataset schema with its Parquet codec.
+//!
+//! Everything here is pure data and pure functions: no file, network or clock access. Wire types
+//! carry an explicit `version` so that a worker can refuse a message it does not understand
+//! (dead-letter) instead of misreading it.
+
+pub mod dataset;
+pub mod hash;
+pub mod job;
+pub mod report;
+pub mod shard;
+pub mod tree;
+
+pub use dataset::{DatasetError, EvidenceSpan, Message, Record, Score};
+pub use job::{GeneratorKind, GeneratorSpec, JobSpec};
+pub use report::{RejectReason, ShardReport, TokenUsage, UncoveredSection};
+pub use shard::{ShardMessage, ShardSection, SHARD_MESSAGE_VERSION};
+pub use tree::{NodeStatus, PrincipleNode, PrincipleTree};

@@ -1,0 +1,10 @@
+//! Principia's worker: everything that talks to an LLM, and shard processing.
+//!
+//! A worker takes shard messages from a [`queue`], runs a [`generate::Generator`] over their
+//! sections, writes each shard's rows as one Parquet part to an [`store::ObjectStore`] with a
+//! create-only put, and only then acknowledges the message.
+
+pub mod generate;
+pub mod llm;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,206 @@
+//! The shard queue: RabbitMQ in the fleet, an in-process queue in embedded mode.
+//!
+//! Both give at-least-once delivery with explicit settlement: a delivery is acked after its part is
+//! durably written, requeued after a transient failure, dead-lettered after a permanent one. A
+//! delivery that is never settled (the process died) comes back.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use proto::ShardMessage;
+use tokio::sync::Notify;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue connection: {0}")]
+    Connection(String),
+    #[error("publish of {message_id} was not confirmed: {reason}")]
+    NotConfirmed { message_id: String, reason: String },
+    #[error("settling a delivery failed: {0}")]
+    Settle(String),
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (or already done): remove it from the queue.
+    Ack,
+    /// Try again later, possibly elsewhere; counts toward the delivery limit.
+    Requeue,
+    /// Retrying cannot help: move to the dead-letter queue, with the reason.
+    DeadLetter(String),
+    /// Not started (shutting down): hand back without counting as a failure.
+    Release,
+}
+
+#[async_trait]
+pub trait ShardPublisher: Send + Sync {
+    /// Publish a shard; returns once the broker has durably accepted and routed it.
+    async fn publish(&self, shard: &ShardMessage) -> Result<(), QueueError>;
+}
+
+/// Settles one delivery.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    async fn settle(&self, disposition: Disposition) -> Result<(), QueueError>;
+}
+
+pub struct Delivery {
+    pub body: Bytes,
+    pub message_id: Option<String>,
+    pub redelivered: bool,
+    /// When the shard was published, in milliseconds since the epoch, if known.
+    pub published_at_ms: Option<u64>,
+    pub settler: Box<dyn Settle>,
+}
+
+#[async_trait]
+pub trait ShardConsumer: Send {
+    /// The next delivery; `None` once the consumer has been closed. A stream that ends without a
+    /// close is an error for the implementation to report, not a silent `None`.
+    async fn next(&mut self) -> Option<Result<Delivery, QueueError>>;
+}
+
+/// An in-process queue with the same settlement semantics as the broker: a delivery limit after
+/// which a requeued message is dead-lettered, and a dead-letter list with reasons.
+#[derive(Clone)]
+pub struct MemoryQueue {
+    inner: Arc<MemoryInner>,
+}
+
+struct MemoryInner {
+    state: Mutex<MemoryState>,
+    notify: Notify,
+    delivery_limit: u32,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    ready: VecDeque<(Bytes, String, u32)>,
+    unsettled: usize,
+    dead: Vec<(String, String)>,
+    closed: bool,
+}
+
+impl MemoryQueue {
+    pub fn new(delivery_limit: u32) -> Self {
+        MemoryQueue {
+            inner: Arc::new(MemoryInner {
+                state: Mutex::new(MemoryState::default()),
+                notify: Notify::new(),
+                delivery_limit,
+            }),
+        }
+    }
+
+    /// Stop handing out deliveries once the queue is empty; consumers then see `None`.
+    pub fn close(&self) {
+        self.inner.state.lock().expect("queue lock").closed = true;
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Messages waiting or held by a consumer.
+    pub fn outstanding(&self) -> usize {
+        let state = self.inner.state.lock().expect("queue lock");
+        state.ready.len() + state.unsettled
+    }
+
+    /// Dead-lettered message ids with their reasons.
+    pub fn dead_letters(&self) -> Vec<(String, String)> {
+        self.inner.state.lock().expect("queue lock").dead.clone()
+    }
+
+    pub fn consumer(&self) -> MemoryConsumer {
+        MemoryConsumer {
+            queue: self.clone(),
+        }
+    }
+
+    fn push(&self, body: Bytes, id: String, deliveries: u32) {
+        self.inner
+            .state
+            .lock()
+            .expect("queue lock")
+            .ready
+            .push_back((body, id, deliveries));
+        self.inner.notify.notify_one();
+    }
+}
+
+#[async_trait]
+impl ShardPublisher for MemoryQueue {
+    async fn publish(&self, shard: &ShardMessage) -> Result<(), QueueError> {
+        self.push(Bytes::from(shard.to_json()), shard.shard_id.clone(), 0);
+        Ok(())
+    }
+}
+
+pub struct MemoryConsumer {
+    queue: MemoryQueue,
+}
+
+#[async_trait]
+impl ShardConsumer for MemoryConsumer {
+    async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+        loop {
+            let notified = self.queue.inner.notify.notified();
+            {
+                let mut state = self.queue.inner.state.lock().expect("queue lock");
+                if let Some((body, id, deliveries)) = state.ready.pop_front() {
+                    state.unsettled += 1;
+                    return Some(Ok(Delivery {
+                        body: body.clone(),
+                        message_id: Some(id.clone()),
+                        redelivered: deliveries > 0,
+                        published_at_ms: None,
+                        settler: Box::new(MemorySettler {
+                            queue: self.queue.clone(),
+                            message: Mutex::new(Some((body, id, deliveries + 1))),
+                        }),
+                    }));
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+struct MemorySettler {
+    queue: MemoryQueue,
+    message: Mutex<Option<(Bytes, String, u32)>>,
+}
+
+#[async_trait]
+impl Settle for MemorySettler {
+    async fn settle(&self, disposition: Disposition) -> Result<(), QueueError> {
+        let Some((body, id, deliveries)) = self.message.lock().expect("settle lock").take() else {
+            return Err(QueueError::Settle("delivery already settled".into()));
+        };
+        let queue = &self.queue;
+        let over_limit = deliveries >= queue.inner.delivery_limit;
+        {
+            let mut state = queue.inner.state.lock().expect("queue lock");
+            state.unsettled -= 1;
+            match &disposition {
+                Disposition::Ack => {}
+                Disposition::DeadLetter(reason) => state.dead.push((id.clone(), reason.clone())),
+                Disposition::Requeue if over_limit => state.dead.push((
+                    id.clone(),
+                    format!("delivery limit of {} reached", queue.inner.delivery_limit),
+                )),
+                Disposition::Requeue | Disposition::Release => {}
+            }
+        }
+        match disposition {
+            Disposition::Requeue if !over_limit => queue.push(body, id, deliveries),
+            Disposition::Release => queue.push(body, id, deliveries - 1),
+            _ => queue.inner.notify.notify_waiters(),
+        }
+        Ok(())
+    }
+}
