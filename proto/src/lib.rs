@@ -6,6 +6,7 @@
 //! (dead-letter) instead of misreading it.
 
 pub mod dataset;
+pub mod events;
 pub mod hash;
 pub mod job;
 pub mod report;
@@ -13,6 +14,7 @@ pub mod shard;
 pub mod tree;
 
 pub use dataset::{DatasetError, EvidenceSpan, Message, Record, Score};
+pub use events::ShardEvent;
 pub use job::{GeneratorKind, GeneratorSpec, JobSpec};
 pub use report::{RejectReason, ShardReport, TokenUsage, UncoveredSection};
 pub use shard::{ShardMessage, ShardSection, SHARD_MESSAGE_VERSION};

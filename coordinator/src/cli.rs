@@ -1,0 +1,315 @@
+//! The `principia` command line: argument parsing and the mapping of results to exit codes.
+//! Every subcommand is a thin call into the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use proto::{GeneratorKind, GeneratorSpec, JobSpec};
+use tokio_util::sync::CancellationToken;
+use worker::generate::extractive::ExtractiveGenerator;
+use worker::generate::openai::OpenAiGenerator;
+use worker::llm::{LlmClient, LlmConfig};
+use worker::process::Generators;
+
+use crate::embedded::{self, RunError, RunOptions};
+use crate::ingest::{self, Format};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "principia", version, about = "Align language models to your principles: documents in, grounded fine-tuning data out.")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PRINCIPIA_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert documents into a principle tree in SeekrFlow's JSON tree format.
+    Convert(ConvertArgs),
+    /// Run a whole alignment job in this process: documents in, DIR/dataset.parquet out.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConvertArgs {
+    /// Markdown, SeekrFlow JSON tree, eCFR XML or US Code USLM XML files (several become one tree).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output file (`-` for standard output).
+    #[arg(short, long, default_value = "-")]
+    output: PathBuf,
+    /// Input format; detected from content when absent.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GeneratorChoice {
+    Extractive,
+    Openai,
+}
+
+/// Job settings shared by every command that starts a job.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// What the aligned model should be ("I want a chatbot that specializes in ...").
+    #[arg(long)]
+    instructions: String,
+    /// System message written into every generated conversation.
+    #[arg(long)]
+    system_prompt: Option<String>,
+    /// Generator: `openai` by default when an LLM URL is configured, else `extractive`.
+    #[arg(long, value_enum)]
+    generator: Option<GeneratorChoice>,
+    /// Source tokens per shard at most (a larger section is a shard of its own).
+    #[arg(long, default_value_t = 3000)]
+    shard_tokens: usize,
+    /// Accepted items wanted per section at least (fewer is reported as uncovered).
+    #[arg(long, default_value_t = 1)]
+    min_items: u32,
+    /// Items kept per section at most.
+    #[arg(long, default_value_t = 8)]
+    max_items: u32,
+    /// Sampling temperature of the generator model.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[command(flatten)]
+    llm: LlmArgs,
+}
+
+/// OpenAI-compatible endpoint settings.
+#[derive(Debug, Args)]
+pub struct LlmArgs {
+    /// Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (falls back to OPENAI_BASE_URL).
+    #[arg(long, env = "PRINCIPIA_LLM_URL")]
+    llm_url: Option<String>,
+    /// Generator model name.
+    #[arg(long, env = "PRINCIPIA_LLM_MODEL")]
+    model: Option<String>,
+    /// Judge model name (defaults to the generator model).
+    #[arg(long, env = "PRINCIPIA_LLM_JUDGE_MODEL")]
+    judge_model: Option<String>,
+    /// API key (falls back to OPENAI_API_KEY).
+    #[arg(long, env = "PRINCIPIA_LLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Concurrent LLM requests per process.
+    #[arg(long, default_value_t = 8, env = "PRINCIPIA_LLM_CONCURRENCY")]
+    llm_concurrency: usize,
+    /// Timeout of one LLM request, in seconds.
+    #[arg(long, default_value_t = 120, env = "PRINCIPIA_LLM_TIMEOUT_SECS")]
+    llm_timeout_secs: u64,
+    /// Retries of a failed LLM request (429, 5xx, timeouts).
+    #[arg(long, default_value_t = 5, env = "PRINCIPIA_LLM_MAX_RETRIES")]
+    llm_max_retries: u32,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Principle documents.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output directory: dataset.parquet, report.json, and the job's working files.
+    #[arg(long, short, default_value = "out")]
+    out: PathBuf,
+    /// Input format; detected from content when absent.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Shards processed at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Convert(args) => convert(args),
+            Command::Run(args) => run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    let ingested = ingest::read_files(&args.inputs, args.format)?;
+    for warning in &ingested.warnings {
+        tracing::warn!("{warning}");
+    }
+    let json = serde_json::to_string_pretty(&ingest::to_seekr_json(&ingested.tree))?;
+    if args.output.as_os_str() == "-" {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{json}")?;
+    } else {
+        std::fs::write(&args.output, json + "\n")
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        tracing::info!(
+            output = %args.output.display(),
+            nodes = ingested.tree.nodes().len(),
+            sections = ingested.tree.generation_units().len(),
+            "principle tree written"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl LlmArgs {
+    /// The endpoint configuration, if an LLM URL is set by flag or environment.
+    fn config(&self) -> anyhow::Result<Option<LlmConfig>> {
+        let Some(url) = self
+            .llm_url
+            .clone()
+            .or_else(|| std::env::var("OPENAI_BASE_URL").ok())
+            .filter(|url| !url.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        let Some(model) = self.model.clone() else {
+            bail!("an LLM URL is configured ({url}) but no model: set --model or PRINCIPIA_LLM_MODEL");
+        };
+        let mut config = LlmConfig::new(url, model);
+        config.api_key = self
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+        config.judge_model = self.judge_model.clone();
+        config.timeout = Duration::from_secs(self.llm_timeout_secs.max(1));
+        config.max_retries = self.llm_max_retries;
+        config.concurrency = self.llm_concurrency.max(1);
+        Ok(Some(config))
+    }
+
+    /// The generators this process can run.
+    pub fn generators(&self) -> anyhow::Result<Generators> {
+        let openai = match self.config()? {
+            Some(config) => {
+                let client = Arc::new(LlmClient::new(config).context("configuring the LLM client")?);
+                Some(Arc::new(OpenAiGenerator::new(client)) as _)
+            }
+            None => None,
+        };
+        Ok(Generators {
+            extractive: Arc::new(ExtractiveGenerator::new()),
+            openai,
+        })
+    }
+}
+
+impl JobArgs {
+    pub fn spec(&self) -> anyhow::Result<JobSpec> {
+        if self.instructions.trim().is_empty() {
+            bail!("--instructions must not be empty");
+        }
+        if self.min_items > self.max_items {
+            bail!("--min-items ({}) exceeds --max-items ({})", self.min_items, self.max_items);
+        }
+        let config = self.llm.config()?;
+        let kind = match (self.generator, &config) {
+            (Some(GeneratorChoice::Extractive), _) | (None, None) => GeneratorKind::Extractive,
+            (Some(GeneratorChoice::Openai), None) => {
+                bail!("--generator openai needs an LLM URL: set --llm-url or PRINCIPIA_LLM_URL (or OPENAI_BASE_URL)")
+            }
+            (Some(GeneratorChoice::Openai), Some(_)) | (None, Some(_)) => GeneratorKind::Openai,
+        };
+        let (model, judge_model) = match (kind, config) {
+            (GeneratorKind::Openai, Some(config)) => (Some(config.model), config.judge_model),
+            _ => (None, None),
+        };
+        Ok(JobSpec {
+            instructions: self.instructions.trim().to_string(),
+            system_prompt: self.system_prompt.clone(),
+            generator: GeneratorSpec {
+                kind,
+                model,
+                judge_model,
+                temperature: if kind == GeneratorKind::Openai { self.temperature } else { 0.0 },
+            },
+            shard_token_budget: self.shard_tokens,
+            min_items_per_section: self.min_items,
+            max_items_per_section: self.max_items,
+        })
+    }
+}
+
+/// Cancel on Ctrl-C or SIGTERM.
+fn cancel_on_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::warn!("stopping: finishing the shards in progress (press Ctrl-C again to abort)");
+        token.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+    cancel
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let spec = args.job.spec()?;
+    let generators = args.job.llm.generators()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let options = RunOptions {
+        inputs: args.inputs,
+        format: args.format,
+        spec,
+        out_dir: args.out,
+        concurrency: args.concurrency,
+        generators,
+    };
+    match embedded::run(options, cancel_on_signal()).await {
+        Ok(output) => {
+            let report = &output.report;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(
+                stdout,
+                "job {}: {} items from {}/{} sections ({} rejected) with the {} generator\ndataset: {}\nreport:  {}",
+                output.job_id,
+                report.items.accepted,
+                report.coverage.covered,
+                report.coverage.total,
+                report.items.rejected,
+                report.generator,
+                output.dataset.display(),
+                output.report_path.display(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error @ RunError::Interrupted { .. }) => {
+            let mut stderr = std::io::stderr().lock();
+            writeln!(stderr, "{error}")?;
+            Ok(ExitCode::from(130))
+        }
+        Err(error) => Err(error.into()),
+    }
+}

@@ -1,0 +1,142 @@
+//! Merging a job's parts into its dataset.
+//!
+//! Parts are read in plan order, near-identical questions across shards are removed (counted as
+//! duplicates), and the dataset and its manifest are written with create-only puts: a merge that
+//! runs twice (a restarted coordinator) finds the first result in place.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use proto::dataset::{decode_parquet, encode_parquet};
+use proto::hash::digest;
+use proto::{DatasetError, Record, ShardReport};
+use serde::{Deserialize, Serialize};
+use worker::process::{SHARD_REPORT_KEY, normalise_question, part_key};
+use worker::store::{ObjectStore, StoreError};
+
+pub fn dataset_key(job_id: &str) -> String {
+    format!("jobs/{job_id}/dataset.parquet")
+}
+
+pub fn manifest_key(job_id: &str) -> String {
+    format!("jobs/{job_id}/manifest.json")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartEntry {
+    pub shard_id: String,
+    pub key: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// BLAKE3 digest of the part's bytes.
+    pub checksum: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub job_id: String,
+    pub dataset_key: String,
+    pub rows: u64,
+    pub dataset_checksum: String,
+    pub parts: Vec<PartEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("part of shard {0} is missing")]
+    MissingPart(String),
+    #[error("part {key} is unreadable: {source}")]
+    BadPart {
+        key: String,
+        #[source]
+        source: DatasetError,
+    },
+    #[error("part {0} carries no shard report")]
+    MissingReport(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding the dataset failed: {0}")]
+    Encode(#[from] DatasetError),
+}
+
+pub struct Merged {
+    pub records: Vec<Record>,
+    pub shard_reports: Vec<ShardReport>,
+    /// Items dropped because another shard already had the same question.
+    pub duplicates: u64,
+    pub manifest: Manifest,
+    /// The dataset file's bytes, as stored.
+    pub dataset: Bytes,
+}
+
+/// Read every part of the job (in the order given), deduplicate across shards, write the dataset
+/// and the manifest.
+pub async fn merge_job(
+    store: &dyn ObjectStore,
+    job_id: &str,
+    shard_ids: &[String],
+) -> Result<Merged, MergeError> {
+    let mut records = Vec::new();
+    let mut shard_reports = Vec::with_capacity(shard_ids.len());
+    let mut parts = Vec::with_capacity(shard_ids.len());
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+    for shard_id in shard_ids {
+        let key = part_key(job_id, shard_id);
+        let bytes = store
+            .get(&key)
+            .await?
+            .ok_or_else(|| MergeError::MissingPart(shard_id.clone()))?;
+        let (part_records, metadata) =
+            decode_parquet(bytes.clone()).map_err(|source| MergeError::BadPart {
+                key: key.clone(),
+                source,
+            })?;
+        let report: ShardReport = metadata
+            .get(SHARD_REPORT_KEY)
+            .and_then(|json| serde_json::from_str(json).ok())
+            .ok_or_else(|| MergeError::MissingReport(key.clone()))?;
+        parts.push(PartEntry {
+            shard_id: shard_id.clone(),
+            key,
+            rows: part_records.len() as u64,
+            bytes: bytes.len() as u64,
+            checksum: digest(&[&bytes], 64),
+        });
+        shard_reports.push(report);
+        for record in part_records {
+            if seen.insert(normalise_question(&record.question)) {
+                records.push(record);
+            } else {
+                duplicates += 1;
+            }
+        }
+    }
+
+    let dataset_key = dataset_key(job_id);
+    let encoded = Bytes::from(encode_parquet(&records, &[])?);
+    store.put_if_absent(&dataset_key, encoded).await?;
+    // Whoever wrote first, the stored file is the dataset.
+    let dataset = store
+        .get(&dataset_key)
+        .await?
+        .ok_or_else(|| MergeError::MissingPart(dataset_key.clone()))?;
+    let manifest = Manifest {
+        job_id: job_id.to_string(),
+        dataset_key: dataset_key.clone(),
+        rows: records.len() as u64,
+        dataset_checksum: digest(&[&dataset], 64),
+        parts,
+    };
+    let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+    store
+        .put_if_absent(&manifest_key(job_id), Bytes::from(manifest_json))
+        .await?;
+    Ok(Merged {
+        records,
+        shard_reports,
+        duplicates,
+        manifest,
+        dataset,
+    })
+}

@@ -1,0 +1,194 @@
+//! The job report (`report.json`): counts per stage, rejection reasons, coverage, tokens, time.
+//! Built from the shard reports carried by the parts and from the merged rows, so it can be
+//! rebuilt at any time from storage alone.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proto::{PrincipleTree, Record, ShardReport, TokenUsage, UncoveredSection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    pub job_id: String,
+    pub status: String,
+    pub generator: String,
+    pub model: Option<String>,
+    pub judge_model: Option<String>,
+    pub shards: ShardCounts,
+    pub sections: SectionCounts,
+    pub items: ItemCounts,
+    /// Rejected candidates per reason (generation, critique, and cross-shard dedup at merge).
+    pub rejected: BTreeMap<String, u64>,
+    pub coverage: Coverage,
+    /// Accepted items per question type.
+    pub question_types: BTreeMap<String, u64>,
+    pub tokens: TokenUsage,
+    /// Shards that could not be processed, with the reason.
+    pub failed_shards: Vec<FailedShard>,
+    pub wall_time_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardCounts {
+    pub total: u64,
+    /// Finished by an earlier run or attempt and not redone.
+    pub reused: u64,
+    /// Processed by this run.
+    pub processed: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SectionCounts {
+    /// Nodes in the tree.
+    pub nodes: u64,
+    /// Sections in force with text: the units generation covers.
+    pub units: u64,
+    /// Repealed, omitted, reserved... sections left out of generation.
+    pub inactive: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ItemCounts {
+    pub candidates: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub acceptance_rate: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub covered: u64,
+    pub total: u64,
+    pub ratio: f64,
+    pub uncovered: Vec<UncoveredSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedShard {
+    pub shard_id: String,
+    pub reason: String,
+}
+
+/// What the report is built from.
+pub struct ReportInput<'a> {
+    pub job_id: &'a str,
+    pub status: &'a str,
+    pub tree: &'a PrincipleTree,
+    pub min_items_per_section: u32,
+    pub shard_reports: &'a [ShardReport],
+    pub records: &'a [Record],
+    /// Candidates removed as duplicates of items in other shards at merge.
+    pub merge_duplicates: u64,
+    pub shards_total: u64,
+    pub shards_reused: u64,
+    pub failed_shards: Vec<FailedShard>,
+    pub wall_time_ms: u64,
+}
+
+pub fn build(input: ReportInput<'_>) -> JobReport {
+    let nodes = input.tree.nodes();
+    let units = input.tree.generation_units();
+    let inactive = nodes.iter().filter(|n| !n.is_active()).count() as u64;
+
+    let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tokens = TokenUsage::default();
+    let mut candidates = 0;
+    let mut shard_uncovered: HashMap<&str, &UncoveredSection> = HashMap::new();
+    for report in input.shard_reports {
+        for (reason, n) in &report.rejected {
+            *rejected.entry(reason.as_str().to_string()).or_default() += n;
+        }
+        tokens.add(report.usage);
+        candidates += report.candidates;
+        for section in &report.uncovered {
+            shard_uncovered.insert(section.node_id.as_str(), section);
+        }
+    }
+    if input.merge_duplicates > 0 {
+        *rejected
+            .entry(proto::RejectReason::Duplicate.as_str().to_string())
+            .or_default() += input.merge_duplicates;
+    }
+    let rejected_total = rejected.values().sum();
+
+    let mut accepted_per_node: HashMap<&str, u64> = HashMap::new();
+    let mut question_types: BTreeMap<String, u64> = BTreeMap::new();
+    for record in input.records {
+        *accepted_per_node.entry(record.node_id.as_str()).or_default() += 1;
+        *question_types.entry(record.question_type.clone()).or_default() += 1;
+    }
+    let minimum = u64::from(input.min_items_per_section.max(1));
+    let uncovered: Vec<UncoveredSection> = units
+        .iter()
+        .filter_map(|unit| {
+            let got = accepted_per_node.get(unit.id.as_str()).copied().unwrap_or(0);
+            if got >= minimum {
+                return None;
+            }
+            Some(match shard_uncovered.get(unit.id.as_str()) {
+                Some(section) => UncoveredSection {
+                    accepted: got,
+                    ..(*section).clone()
+                },
+                None => UncoveredSection {
+                    node_id: unit.id.clone(),
+                    citation: unit.citation.clone(),
+                    accepted: got,
+                    reason: if input.failed_shards.is_empty() {
+                        "items removed as duplicates of other sections' items at merge".into()
+                    } else {
+                        "its shard failed or was not processed".into()
+                    },
+                },
+            })
+        })
+        .collect();
+    let covered = units.len() as u64 - uncovered.len() as u64;
+    let first = input.shard_reports.first();
+    let accepted = input.records.len() as u64;
+    let processed = input.shards_total - input.shards_reused - input.failed_shards.len() as u64;
+    JobReport {
+        job_id: input.job_id.to_string(),
+        status: input.status.to_string(),
+        generator: first.map(|r| r.generator.clone()).unwrap_or_default(),
+        model: first.and_then(|r| r.model.clone()),
+        judge_model: input.records.first().and_then(|r| r.judge_model.clone()),
+        shards: ShardCounts {
+            total: input.shards_total,
+            reused: input.shards_reused,
+            processed,
+            failed: input.failed_shards.len() as u64,
+        },
+        sections: SectionCounts {
+            nodes: nodes.len() as u64,
+            units: units.len() as u64,
+            inactive,
+        },
+        items: ItemCounts {
+            candidates,
+            accepted,
+            rejected: rejected_total,
+            acceptance_rate: ratio(accepted, candidates),
+        },
+        rejected,
+        coverage: Coverage {
+            covered,
+            total: units.len() as u64,
+            ratio: ratio(covered, units.len() as u64),
+            uncovered,
+        },
+        question_types,
+        tokens,
+        failed_shards: input.failed_shards,
+        wall_time_ms: input.wall_time_ms,
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}

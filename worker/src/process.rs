@@ -1,0 +1,260 @@
+//! Processing one shard: decode, skip if already done, generate, turn items into rows, check
+//! coverage, write the part with a create-only put. Errors carry their queue disposition.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use proto::dataset::{encode_parquet, record_id};
+use proto::shard::ShardDecodeError;
+use proto::{
+    DatasetError, EvidenceSpan, GeneratorKind, Message, Record, RejectReason, ShardMessage,
+    ShardReport, UncoveredSection,
+};
+
+use crate::generate::{GenerateError, GeneratedItem, Generator};
+use crate::queue::Disposition;
+use crate::store::{ObjectStore, PutOutcome, StoreError, validate_key};
+
+/// Parquet metadata key under which a part carries its [`ShardReport`] as JSON.
+pub const SHARD_REPORT_KEY: &str = "principia.shard_report";
+
+/// Storage key of a shard's part.
+pub fn part_key(job_id: &str, shard_id: &str) -> String {
+    format!("jobs/{job_id}/parts/{shard_id}.parquet")
+}
+
+/// The generators a worker can run, by kind.
+#[derive(Clone)]
+pub struct Generators {
+    pub extractive: Arc<dyn Generator>,
+    /// Present when the worker has an LLM endpoint configured.
+    pub openai: Option<Arc<dyn Generator>>,
+}
+
+impl Generators {
+    fn get(&self, kind: GeneratorKind) -> Option<&Arc<dyn Generator>> {
+        match kind {
+            GeneratorKind::Extractive => Some(&self.extractive),
+            GeneratorKind::Openai => self.openai.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ShardOutcome {
+    /// This attempt wrote the part.
+    Written(ShardReport),
+    /// The part existed already; nothing was generated or written.
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(transparent)]
+    Decode(#[from] ShardDecodeError),
+    #[error("job id {0:?} is not a valid storage key segment")]
+    InvalidJobId(String),
+    #[error("this worker has no `{0}` generator configured")]
+    GeneratorUnavailable(&'static str),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error("encoding the part failed: {0}")]
+    Encode(#[from] DatasetError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ShardError {
+    /// How the delivery that caused this error is settled.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            ShardError::Generate(GenerateError::Transient(_)) => Disposition::Requeue,
+            ShardError::Store(e) if e.is_transient() => Disposition::Requeue,
+            ShardError::Decode(_)
+            | ShardError::InvalidJobId(_)
+            | ShardError::GeneratorUnavailable(_)
+            | ShardError::Generate(GenerateError::Permanent(_))
+            | ShardError::Encode(_)
+            | ShardError::Store(_) => Disposition::DeadLetter(self.to_string()),
+        }
+    }
+}
+
+/// Processes shards against one store with a set of generators.
+#[derive(Clone)]
+pub struct ShardProcessor {
+    store: Arc<dyn ObjectStore>,
+    generators: Generators,
+}
+
+impl ShardProcessor {
+    pub fn new(store: Arc<dyn ObjectStore>, generators: Generators) -> Self {
+        ShardProcessor { store, generators }
+    }
+
+    /// Process a decoded shard. Idempotent per shard id: a finished shard is not redone.
+    pub async fn process(&self, shard: &ShardMessage) -> Result<ShardOutcome, ShardError> {
+        let started = Instant::now();
+        let key = part_key(&shard.job_id, &shard.shard_id);
+        validate_key(&key).map_err(|_| ShardError::InvalidJobId(shard.job_id.clone()))?;
+        if self.store.exists(&key).await? {
+            return Ok(ShardOutcome::Duplicate);
+        }
+        let kind = shard.spec.generator.kind;
+        let generator = self
+            .generators
+            .get(kind)
+            .ok_or(ShardError::GeneratorUnavailable(kind.as_str()))?;
+        let generation = generator.generate(shard).await?;
+
+        let mut report = generation.report;
+        report.shard_id = shard.shard_id.clone();
+        report.generator = generator.name().to_string();
+        report.model = generator.model();
+        report.sections = shard.sections.len() as u64;
+        let records = to_records(shard, generator.as_ref(), generation.items, &mut report);
+        report.accepted = records.len() as u64;
+        report.uncovered = uncovered(shard, &records, &report);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+
+        let report_json = serde_json::to_string(&report).expect("report serializes");
+        let body = encode_parquet(&records, &[(SHARD_REPORT_KEY, report_json)])?;
+        match self.store.put_if_absent(&key, Bytes::from(body)).await? {
+            PutOutcome::Created => Ok(ShardOutcome::Written(report)),
+            PutOutcome::AlreadyExists => Ok(ShardOutcome::Duplicate),
+        }
+    }
+
+    /// Decode a delivery body and process it.
+    pub async fn process_bytes(&self, body: &[u8]) -> Result<(ShardMessage, ShardOutcome), ShardError> {
+        let shard = ShardMessage::from_json(body)?;
+        let outcome = self.process(&shard).await?;
+        Ok((shard, outcome))
+    }
+}
+
+/// Normalised form of a question for exact-duplicate detection (case, punctuation, spacing).
+pub fn normalise_question(question: &str) -> String {
+    question
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn to_records(
+    shard: &ShardMessage,
+    generator: &dyn Generator,
+    items: Vec<GeneratedItem>,
+    report: &mut ShardReport,
+) -> Vec<Record> {
+    let created_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let sections: BTreeMap<&str, _> = shard
+        .sections
+        .iter()
+        .map(|s| (s.node_id.as_str(), s))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut records = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(section) = sections.get(item.node_id.as_str()) else {
+            // An item for a section outside the shard cannot be traced: count it, keep nothing.
+            report.reject(RejectReason::EvidenceNotInSource);
+            continue;
+        };
+        if !seen.insert(normalise_question(&item.question)) {
+            report.reject(RejectReason::Duplicate);
+            continue;
+        }
+        let mut messages = Vec::with_capacity(3);
+        if let Some(system) = &shard.spec.system_prompt {
+            messages.push(Message {
+                role: "system".into(),
+                content: system.clone(),
+            });
+        }
+        messages.push(Message {
+            role: "user".into(),
+            content: item.question.clone(),
+        });
+        messages.push(Message {
+            role: "assistant".into(),
+            content: item.answer.clone(),
+        });
+        records.push(Record {
+            record_id: record_id(&shard.shard_id, &item.node_id, &item.question, &item.answer),
+            job_id: shard.job_id.clone(),
+            shard_id: shard.shard_id.clone(),
+            node_id: item.node_id.clone(),
+            citation: section.citation.clone(),
+            section_path: section.section_path.clone(),
+            evidence: item.evidence.iter().map(|q| q.text.clone()).collect(),
+            evidence_spans: item
+                .evidence
+                .iter()
+                .map(|q| EvidenceSpan {
+                    node_id: q.node_id.clone(),
+                    start: q.start as u64,
+                    end: q.end as u64,
+                })
+                .collect(),
+            question: item.question,
+            answer: item.answer,
+            messages,
+            scores: item.scores,
+            verdict: item.verdict,
+            question_type: item.question_type,
+            generator: generator.name().to_string(),
+            model: generator.model(),
+            judge_model: generator.judge_model(),
+            prompt_version: item.prompt_version,
+            created_at,
+        });
+    }
+    report.question_types = BTreeMap::new();
+    for record in &records {
+        *report
+            .question_types
+            .entry(record.question_type.clone())
+            .or_insert(0) += 1;
+    }
+    records
+}
+
+/// Sections of the shard with fewer accepted items than the job's minimum.
+fn uncovered(shard: &ShardMessage, records: &[Record], report: &ShardReport) -> Vec<UncoveredSection> {
+    let minimum = u64::from(shard.spec.min_items_per_section.max(1));
+    let mut accepted: BTreeMap<&str, u64> = BTreeMap::new();
+    for record in records {
+        *accepted.entry(record.node_id.as_str()).or_insert(0) += 1;
+    }
+    let rejections = if report.rejected.is_empty() {
+        "no candidate could be generated from its text".to_string()
+    } else {
+        let reasons: Vec<String> = report
+            .rejected
+            .iter()
+            .map(|(reason, n)| format!("{} {n}", reason.as_str()))
+            .collect();
+        format!("shard rejections: {}", reasons.join(", "))
+    };
+    shard
+        .sections
+        .iter()
+        .filter_map(|section| {
+            let got = accepted.get(section.node_id.as_str()).copied().unwrap_or(0);
+            (got < minimum).then(|| UncoveredSection {
+                node_id: section.node_id.clone(),
+                citation: section.citation.clone(),
+                accepted: got,
+                reason: format!("{got} of {minimum} required items accepted; {rejections}"),
+            })
+        })
+        .collect()
+}
