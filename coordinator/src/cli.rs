@@ -17,6 +17,10 @@ use worker::llm::{LlmClient, LlmConfig};
 use worker::process::Generators;
 
 use crate::embedded::{self, RunError, RunOptions};
+use crate::fleet::api::JobDefaults;
+use crate::fleet::client::Client;
+use crate::fleet::{FleetArgs, run_coordinator, run_worker};
+use crate::progress::{Progress, Totals};
 use crate::ingest::{self, Format};
 use crate::telemetry::{self, LogFormat};
 
@@ -36,6 +40,117 @@ enum Command {
     Convert(ConvertArgs),
     /// Run a whole alignment job in this process: documents in, DIR/dataset.parquet out.
     Run(RunArgs),
+    /// Serve the job API and /metrics, publish shards, track progress, merge.
+    Coordinator(CoordinatorArgs),
+    /// Consume shards from the queue and write their parts (start as many as you like).
+    Worker(WorkerArgs),
+    /// Upload documents to a coordinator and start an alignment job.
+    Submit(SubmitArgs),
+    /// Show a job's state and progress.
+    Status(StatusArgs),
+    /// Download a finished job's dataset.
+    Download(DownloadArgs),
+    /// List jobs.
+    Jobs(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+struct CoordinatorArgs {
+    /// Address of the API and /metrics.
+    #[arg(long, env = "PRINCIPIA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Generator model of jobs that name none (jobs then default to the openai generator).
+    #[arg(long, env = "PRINCIPIA_LLM_MODEL")]
+    model: Option<String>,
+    /// Judge model of jobs that name none.
+    #[arg(long, env = "PRINCIPIA_LLM_JUDGE_MODEL")]
+    judge_model: Option<String>,
+    #[arg(long, default_value_t = 3000)]
+    shard_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    min_items: u32,
+    #[arg(long, default_value_t = 8)]
+    max_items: u32,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Shards processed at once (also the queue prefetch).
+    #[arg(long, env = "PRINCIPIA_WORKER_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+    /// Address of this worker's /metrics (none when unset).
+    #[arg(long, env = "PRINCIPIA_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// On SIGTERM, how long shards in progress may take to finish.
+    #[arg(long, env = "PRINCIPIA_GRACE_SECS", default_value_t = 600)]
+    grace_secs: u64,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    #[command(flatten)]
+    llm: LlmArgs,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "PRINCIPIA_COORDINATOR_URL", default_value = "http://127.0.0.1:8080")]
+    coordinator_url: String,
+    /// API key, when the coordinator requires one.
+    #[arg(long, env = "PRINCIPIA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.coordinator_url, self.api_key.clone())
+    }
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// Principle documents.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// What the aligned model should be.
+    #[arg(long)]
+    instructions: String,
+    #[arg(long)]
+    system_prompt: Option<String>,
+    #[arg(long, value_enum)]
+    generator: Option<GeneratorChoice>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    judge_model: Option<String>,
+    #[arg(long)]
+    shard_tokens: Option<usize>,
+    #[arg(long)]
+    min_items: Option<u32>,
+    #[arg(long)]
+    max_items: Option<u32>,
+    /// Wait for the job to finish, showing progress.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    job: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct DownloadArgs {
+    job: String,
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +252,12 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Convert(args) => convert(args),
             Command::Run(args) => run(args).await,
+            Command::Coordinator(args) => coordinator(args).await,
+            Command::Worker(args) => worker(args).await,
+            Command::Submit(args) => submit(args).await,
+            Command::Status(args) => status(args).await,
+            Command::Download(args) => download(args).await,
+            Command::Jobs(args) => jobs(args).await,
         }
     });
     match result {
@@ -312,4 +433,124 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) => Err(error.into()),
     }
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let defaults = JobDefaults {
+        model: args.model,
+        judge_model: args.judge_model,
+        shard_token_budget: args.shard_tokens,
+        min_items_per_section: args.min_items,
+        max_items_per_section: args.max_items,
+    };
+    run_coordinator(&args.fleet, args.listen, defaults, cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let generators = args.llm.generators()?;
+    run_worker(
+        &args.fleet,
+        args.concurrency,
+        args.metrics_listen,
+        generators,
+        Duration::from_secs(args.grace_secs),
+        cancel_on_signal(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let mut files = Vec::new();
+    for input in &args.inputs {
+        files.push(client.upload(input).await?);
+    }
+    let body = serde_json::json!({
+        "instructions": args.instructions,
+        "files": files,
+        "type": "principle",
+        "system_prompt": args.system_prompt,
+        "generator": args.generator.map(|g| match g {
+            GeneratorChoice::Extractive => "extractive",
+            GeneratorChoice::Openai => "openai",
+        }),
+        "model": args.model,
+        "judge_model": args.judge_model,
+        "shard_tokens": args.shard_tokens,
+        "min_items": args.min_items,
+        "max_items": args.max_items,
+    });
+    let job = client.generate(body).await?;
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    writeln!(std::io::stdout().lock(), "{id}")?;
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut progress: Option<Progress> = None;
+    loop {
+        let job = client.job(&id).await?;
+        let extra = &job["principia"];
+        let count = |key: &str| extra[key].as_u64().unwrap_or(0);
+        let totals = Totals {
+            shards_done: count("shards_done"),
+            shards_total: count("shards_total"),
+            accepted: count("accepted"),
+            rejected: count("rejected"),
+            tokens: count("tokens"),
+            failed: count("shards_failed"),
+        };
+        if totals.shards_total > 0 {
+            progress
+                .get_or_insert_with(|| Progress::new(totals.shards_total, 0))
+                .set(totals);
+        }
+        match job["status"].as_str().unwrap_or_default() {
+            "completed" => {
+                if let Some(progress) = progress {
+                    progress.finish();
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            "failed" | "cancelled" | "stopped" => {
+                if let Some(progress) = progress {
+                    progress.finish();
+                }
+                bail!(
+                    "job {id} {}: {}",
+                    job["status"].as_str().unwrap_or_default(),
+                    job["status_message"].as_str().unwrap_or("")
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let job = args.client.client()?.job(&args.job).await?;
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&job)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
+    let bytes = args.client.client()?.download(&args.job, &args.output).await?;
+    tracing::info!(bytes, output = %args.output.display(), "dataset downloaded");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn jobs(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    for job in args.client()?.jobs().await? {
+        writeln!(
+            stdout,
+            "{}\t{}\t{:.0}%\t{}",
+            job["id"].as_str().unwrap_or_default(),
+            job["status"].as_str().unwrap_or_default(),
+            job["progress"].as_f64().unwrap_or(0.0),
+            job["created_at"].as_str().unwrap_or_default(),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,5 +6,11 @@
 
 pub mod generate;
 pub mod llm;
+pub mod metrics;
 pub mod queue;
 pub mod store;
+pub mod pool;
+pub mod process;
+pub mod amqp;
+pub mod limits;
+pub mod s3;

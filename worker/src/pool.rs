@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
+use crate::metrics;
 use crate::process::{ShardOutcome, ShardProcessor};
 use crate::queue::{Delivery, Disposition, ShardConsumer};
 
@@ -73,6 +74,7 @@ pub async fn run_pool(
             }
         }
     }
+    consumer.close().await;
     tracker.close();
     if tokio::time::timeout(config.grace, tracker.wait()).await.is_err() {
         warn!(
@@ -85,6 +87,18 @@ pub async fn run_pool(
 async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn EventSink) {
     let message_id = delivery.message_id.clone().unwrap_or_default();
     let span = info_span!("shard", shard_id = %message_id, redelivered = delivery.redelivered);
+    metrics::DELIVERIES
+        .with_label_values(&[if delivery.redelivered { "true" } else { "false" }])
+        .inc();
+    if let Some(published) = delivery.published_at_ms {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(published);
+        metrics::QUEUE_WAIT.observe(now.saturating_sub(published) as f64 / 1000.0);
+    }
+    let started = std::time::Instant::now();
+    metrics::SHARDS_IN_PROGRESS.inc();
     async {
         let (disposition, event) = match processor.process_bytes(&delivery.body).await {
             Ok((shard, ShardOutcome::Written(report))) => {
@@ -124,9 +138,31 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
                 )
             }
         };
+        let outcome = match (&disposition, &event) {
+            (Disposition::Ack, ShardEvent::Duplicate { .. }) => "duplicate",
+            (Disposition::Ack, _) => "success",
+            (Disposition::Requeue, _) => "retry",
+            (Disposition::DeadLetter(_), _) => "dead_letter",
+            (Disposition::Release, _) => "released",
+        };
+        if let ShardEvent::Completed { report, .. } = &event {
+            metrics::ITEMS
+                .with_label_values(&["accepted", ""])
+                .inc_by(report.accepted);
+            for (reason, n) in &report.rejected {
+                metrics::ITEMS
+                    .with_label_values(&["rejected", reason.as_str()])
+                    .inc_by(*n);
+            }
+        }
         if let Err(error) = delivery.settler.settle(disposition).await {
             warn!(%error, "settling the delivery failed; the broker will redeliver it");
         }
+        metrics::SHARDS.with_label_values(&[outcome]).inc();
+        metrics::SHARD_DURATION
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        metrics::SHARDS_IN_PROGRESS.dec();
         events.emit(event).await;
     }
     .instrument(span)

@@ -61,6 +61,10 @@ pub trait ShardConsumer: Send {
     /// The next delivery; `None` once the consumer has been closed. A stream that ends without a
     /// close is an error for the implementation to report, not a silent `None`.
     async fn next(&mut self) -> Option<Result<Delivery, QueueError>>;
+
+    /// Stop taking deliveries and hand back the ones received but not yet handed out. Deliveries
+    /// already handed out can still be settled.
+    async fn close(&mut self) {}
 }
 
 /// An in-process queue with the same settlement semantics as the broker: a delivery limit after

@@ -1,0 +1,184 @@
+//! The fleet: the coordinator service and the worker process over RabbitMQ, Redis and S3.
+//!
+//! This module wires the shared pieces (planner, processor, pool, merge) to the real services;
+//! the logic itself is the same code `principia run` uses with in-process implementations.
+
+pub mod api;
+pub mod client;
+pub mod progress;
+pub mod records;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use worker::amqp::{AmqpConfig, AmqpConsumer, AmqpPublisher};
+use worker::pool::{PoolConfig, run_pool};
+use worker::process::{Generators, ShardProcessor};
+use worker::s3::{S3Config, S3Store};
+use worker::store::{LocalStore, ObjectStore};
+
+use self::api::JobDefaults;
+use self::progress::{FleetEvents, RedisProgress};
+use self::service::Coordinator;
+
+/// Where the fleet's services are. Every flag has an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// RabbitMQ URL (the vhost is the path, `%2f` for `/`).
+    #[arg(long, env = "PRINCIPIA_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    pub amqp_url: String,
+    /// Name of the shard queue (the exchange, dead-letter exchange and queue are named after it).
+    #[arg(long, env = "PRINCIPIA_QUEUE", default_value = worker::amqp::DEFAULT_QUEUE)]
+    pub queue: String,
+    /// Deliveries of a shard before the broker dead-letters it.
+    #[arg(long, env = "PRINCIPIA_DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+    /// Redis URL.
+    #[arg(long, env = "PRINCIPIA_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "PRINCIPIA_REDIS_NAMESPACE", default_value = "principia")]
+    pub redis_namespace: String,
+    /// S3 bucket of files, parts and datasets (credentials from the standard AWS chain).
+    #[arg(long, env = "PRINCIPIA_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3-compatible endpoint (MinIO, ...); path-style addressing is used with it.
+    #[arg(long, env = "PRINCIPIA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (else AWS_REGION / the profile, else us-east-1).
+    #[arg(long, env = "PRINCIPIA_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Key prefix inside the bucket.
+    #[arg(long, env = "PRINCIPIA_S3_PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// Without a bucket: a directory shared by every process of a one-machine fleet.
+    #[arg(long, env = "PRINCIPIA_DATA_DIR", conflicts_with = "s3_bucket")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    pub fn amqp(&self) -> AmqpConfig {
+        let mut config = AmqpConfig::new(self.amqp_url.clone());
+        config.queue = self.queue.clone();
+        config.delivery_limit = self.delivery_limit;
+        config
+    }
+
+    pub async fn store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        match (&self.s3_bucket, &self.data_dir) {
+            (Some(bucket), _) => {
+                let store = S3Store::new(S3Config {
+                    bucket: bucket.clone(),
+                    endpoint: self.s3_endpoint.clone(),
+                    region: self.s3_region.clone(),
+                    prefix: self.s3_prefix.clone(),
+                    force_path_style: self.s3_endpoint.is_some(),
+                })
+                .await
+                .context("configuring S3")?;
+                Ok(Arc::new(store))
+            }
+            (None, Some(dir)) => Ok(Arc::new(LocalStore::new(dir))),
+            (None, None) => anyhow::bail!(
+                "no storage configured: set PRINCIPIA_S3_BUCKET (or --s3-bucket), or --data-dir for a one-machine fleet"
+            ),
+        }
+    }
+
+    pub async fn progress(&self) -> anyhow::Result<RedisProgress> {
+        let connection = worker::limits::connect_redis(&self.redis_url, Duration::from_secs(10))
+            .await
+            .context("connecting to Redis")?;
+        Ok(RedisProgress::new(connection, self.redis_namespace.clone()))
+    }
+}
+
+/// Serve the API and run the job monitor until cancelled.
+pub async fn run_coordinator(
+    fleet: &FleetArgs,
+    listen: SocketAddr,
+    defaults: JobDefaults,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = fleet.store().await?;
+    let progress = fleet.progress().await?;
+    let publisher = AmqpPublisher::connect(fleet.amqp())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let coordinator = Coordinator::start(store, Arc::new(publisher), Some(progress))
+        .await
+        .context("loading jobs from storage")?;
+    tokio::spawn(
+        coordinator
+            .clone()
+            .run_monitor(Duration::from_millis(500), cancel.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(%listen, "coordinator serving the API");
+    axum::serve(listener, api::router(coordinator, defaults))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+        .context("serving the API")
+}
+
+/// Consume shards until cancelled, then drain within the grace period.
+pub async fn run_worker(
+    fleet: &FleetArgs,
+    concurrency: usize,
+    metrics_listen: Option<SocketAddr>,
+    generators: Generators,
+    grace: Duration,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = fleet.store().await?;
+    let progress = fleet.progress().await?;
+    let mut amqp = fleet.amqp();
+    amqp.prefetch = u16::try_from(concurrency.max(1)).unwrap_or(u16::MAX);
+    let consumer_cancel = CancellationToken::new();
+    let consumer = AmqpConsumer::connect(amqp, consumer_cancel.clone())
+        .await
+        .context("connecting to RabbitMQ")?;
+    if let Some(addr) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(|| async { worker::metrics::render() }))
+            .route("/healthz", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "metrics server stopped");
+            }
+        });
+        tracing::info!(%addr, "worker metrics served");
+    }
+    let events = Arc::new(FleetEvents {
+        progress,
+        store: store.clone(),
+    });
+    let processor = ShardProcessor::new(store, generators);
+    tracing::info!(concurrency, "worker consuming shards");
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        consumer_cancel.cancel();
+    });
+    run_pool(
+        consumer,
+        processor,
+        events,
+        PoolConfig { concurrency, grace },
+        cancel,
+    )
+    .await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

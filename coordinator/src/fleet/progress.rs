@@ -1,0 +1,125 @@
+//! Live job progress in Redis: workers add to per-job counters as shards finish, the coordinator
+//! reads them for status. A cache only: the parts and failure records on the object store are the
+//! truth, and the coordinator overwrites shard counts from them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use proto::ShardEvent;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use worker::pool::EventSink;
+use worker::store::ObjectStore;
+
+use super::records::failed_key;
+
+/// Counters a worker adds to while a job runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveCounters {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub tokens: u64,
+}
+
+#[derive(Clone)]
+pub struct RedisProgress {
+    connection: ConnectionManager,
+    namespace: String,
+}
+
+impl RedisProgress {
+    pub fn new(connection: ConnectionManager, namespace: impl Into<String>) -> Self {
+        RedisProgress {
+            connection,
+            namespace: namespace.into(),
+        }
+    }
+
+    fn key(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}", self.namespace)
+    }
+
+    pub async fn counters(&self, job_id: &str) -> redis::RedisResult<LiveCounters> {
+        let mut connection = self.connection.clone();
+        let (accepted, rejected, tokens): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.key(job_id))
+            .arg("accepted")
+            .arg("rejected")
+            .arg("tokens")
+            .query_async(&mut connection)
+            .await?;
+        Ok(LiveCounters {
+            accepted: accepted.unwrap_or(0),
+            rejected: rejected.unwrap_or(0),
+            tokens: tokens.unwrap_or(0),
+        })
+    }
+
+    /// Mirror a job's status for dashboards and other readers.
+    pub async fn set_status(&self, job_id: &str, status: &str, done: u64, total: u64) -> redis::RedisResult<()> {
+        let mut connection = self.connection.clone();
+        let _: () = connection
+            .hset_multiple(
+                self.key(job_id),
+                &[
+                    ("status", status.to_string()),
+                    ("shards_done", done.to_string()),
+                    ("shards_total", total.to_string()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn forget(&self, job_id: &str) -> redis::RedisResult<()> {
+        let mut connection = self.connection.clone();
+        let _: () = connection.del(self.key(job_id)).await?;
+        Ok(())
+    }
+}
+
+/// The fleet worker's event sink: counters to Redis, permanent failures to the object store (so
+/// the job can report them even if Redis is flushed).
+pub struct FleetEvents {
+    pub progress: RedisProgress,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+#[async_trait]
+impl EventSink for FleetEvents {
+    async fn emit(&self, event: ShardEvent) {
+        match event {
+            ShardEvent::Completed { job_id, report } => {
+                let mut connection = self.progress.connection.clone();
+                let key = self.progress.key(&job_id);
+                let result: redis::RedisResult<()> = redis::pipe()
+                    .hincr(&key, "accepted", report.accepted)
+                    .hincr(&key, "rejected", report.rejected_total())
+                    .hincr(&key, "tokens", report.usage.total())
+                    .query_async(&mut connection)
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, %job_id, "updating live progress in Redis failed");
+                }
+            }
+            ShardEvent::Failed {
+                job_id: Some(job_id),
+                shard_id: Some(shard_id),
+                requeued: false,
+                error,
+            } => {
+                let record = serde_json::json!({ "shard_id": shard_id, "reason": error });
+                let key = failed_key(&job_id, &shard_id);
+                if let Err(store_error) = self
+                    .store
+                    .put_if_absent(&key, Bytes::from(record.to_string()))
+                    .await
+                {
+                    tracing::warn!(%store_error, %job_id, %shard_id, "recording the shard failure failed");
+                }
+            }
+            ShardEvent::Failed { .. } | ShardEvent::Duplicate { .. } => {}
+        }
+    }
+}

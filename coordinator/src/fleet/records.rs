@@ -1,0 +1,217 @@
+//! What the coordinator persists about files and jobs, in SeekrFlow's shapes.
+//!
+//! Records live on the object store (`files/<id>.json`, `jobs/<id>/job.json`), the source of
+//! truth; Redis mirrors job progress for fast reads and is rebuilt from these records.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::JobSpec;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 time for the API (SeekrFlow returns ISO 8601 strings).
+pub fn iso(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub fn file_record_key(id: &str) -> String {
+    format!("files/{id}.json")
+}
+
+pub fn file_content_key(id: &str) -> String {
+    format!("files/{id}/content")
+}
+
+pub fn job_record_key(id: &str) -> String {
+    format!("jobs/{id}/job.json")
+}
+
+pub fn job_tree_key(id: &str) -> String {
+    format!("jobs/{id}/tree.json")
+}
+
+pub fn failed_prefix(id: &str) -> String {
+    format!("jobs/{id}/failed/")
+}
+
+pub fn failed_key(job_id: &str, shard_id: &str) -> String {
+    format!("jobs/{job_id}/failed/{shard_id}.json")
+}
+
+pub fn report_key(id: &str) -> String {
+    format!("jobs/{id}/report.json")
+}
+
+/// File purposes, as SeekrFlow names them.
+pub const PURPOSE_ALIGNMENT: &str = "alignment";
+pub const PURPOSE_FINE_TUNE: &str = "fine-tune";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub id: String,
+    pub filename: String,
+    pub purpose: String,
+    /// File type from the suffix (`md`, `xml`, `json`, `parquet`, ...).
+    #[serde(rename = "type")]
+    pub file_type: String,
+    pub bytes: u64,
+    pub created_at_ms: u64,
+    /// Storage key of the content.
+    pub content_key: String,
+    /// The job that produced this file, for generated datasets.
+    #[serde(default)]
+    pub origin_job_id: Option<String>,
+}
+
+impl FileRecord {
+    /// The API representation (`FileResponse`).
+    pub fn to_api(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "object": "file",
+            "created_at": iso(self.created_at_ms),
+            "type": self.file_type,
+            "purpose": self.purpose,
+            "filename": self.filename,
+            "bytes": self.bytes,
+            "created_by": "principia",
+            "origin_file_id": null,
+            "deleted": false,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub status: JobStatus,
+    pub spec: JobSpec,
+    pub files: Vec<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    #[serde(default)]
+    pub completed_at_ms: Option<u64>,
+    #[serde(default)]
+    pub stopped_at_ms: Option<u64>,
+    #[serde(default)]
+    pub current_step: String,
+    #[serde(default)]
+    pub status_message: Option<String>,
+    #[serde(default)]
+    pub shards_total: u64,
+    #[serde(default)]
+    pub shards_done: u64,
+    #[serde(default)]
+    pub shards_failed: u64,
+    /// Live counters from the workers (Redis); final figures are in the report.
+    #[serde(default)]
+    pub accepted: u64,
+    #[serde(default)]
+    pub rejected: u64,
+    #[serde(default)]
+    pub tokens: u64,
+    /// Id of the dataset file (purpose `fine-tune`) once the job completed.
+    #[serde(default)]
+    pub output_file: Option<FileRecord>,
+}
+
+impl JobRecord {
+    pub fn progress_percent(&self) -> f64 {
+        if self.status == JobStatus::Completed {
+            return 100.0;
+        }
+        if self.shards_total == 0 {
+            return 0.0;
+        }
+        (self.shards_done + self.shards_failed) as f64 * 100.0 / self.shards_total as f64
+    }
+
+    /// Estimated minutes left, from the rate so far.
+    pub fn eta_minutes(&self) -> Option<f64> {
+        let done = self.shards_done + self.shards_failed;
+        if self.status.is_terminal() || done == 0 || self.shards_total <= done {
+            return None;
+        }
+        let elapsed = now_ms().saturating_sub(self.created_at_ms) as f64;
+        let per_shard = elapsed / done as f64;
+        Some(per_shard * (self.shards_total - done) as f64 / 60_000.0)
+    }
+
+    /// The API representation (`AlignmentResponse`).
+    pub fn to_api(&self) -> serde_json::Value {
+        let eta = self.eta_minutes();
+        serde_json::json!({
+            "id": self.id,
+            "object": "alignment.job",
+            "created_at": iso(self.created_at_ms),
+            "updated_at": iso(self.updated_at_ms),
+            "completed_at": self.completed_at_ms.map(iso),
+            "stopped_at": self.stopped_at_ms.map(iso),
+            "status": self.status.as_str(),
+            "current_step": self.current_step,
+            "progress": self.progress_percent(),
+            "step_progress": self.progress_percent(),
+            "eta_minutes": eta,
+            "estimated_completion_at": eta.map(|m| iso(now_ms() + (m * 60_000.0) as u64)),
+            "status_message": self.status_message,
+            "instructions": self.spec.instructions,
+            "files": self.files,
+            "output_files": self.output_file.iter().map(|f| serde_json::json!({
+                "id": f.id,
+                "filename": f.filename,
+                "bytes": f.bytes,
+                "created_at": iso(f.created_at_ms),
+                "file_type": f.file_type,
+                "purpose": f.purpose,
+            })).collect::<Vec<_>>(),
+            "principia": {
+                "generator": self.spec.generator.kind.as_str(),
+                "model": self.spec.generator.model,
+                "shards_total": self.shards_total,
+                "shards_done": self.shards_done,
+                "shards_failed": self.shards_failed,
+                "accepted": self.accepted,
+                "rejected": self.rejected,
+                "tokens": self.tokens,
+            },
+        })
+    }
+}

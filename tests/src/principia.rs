@@ -1,0 +1,51 @@
+//! Running the `principia` binary from cross-process tests.
+//!
+//! `cargo test --workspace` (and nextest) build every binary of the workspace before running any
+//! test, so the binary sits beside the test executable's `deps/` directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the built `principia` binary.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let binary = profile_dir.join(format!("principia{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} not found: build it first (`cargo build -p coordinator`), or run the suite with `cargo test --workspace`",
+        binary.display()
+    );
+    binary
+}
+
+/// A `principia` command with a quiet, plain log format.
+pub fn command() -> Command {
+    let mut command = Command::new(binary());
+    command.env("RUST_LOG", "warn").env_remove("PRINCIPIA_LLM_URL").env_remove("OPENAI_BASE_URL");
+    command
+}
+
+/// Run and return the output, with stderr shown on failure to ease debugging.
+pub fn run(command: &mut Command) -> Output {
+    command.output().expect("principia runs")
+}
+
+/// The workspace root (for `examples/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// The shared corpora directory, if present (`PRINCIPIA_CORPORA` overrides).
+pub fn corpora() -> Option<PathBuf> {
+    let dir = std::env::var_os("PRINCIPIA_CORPORA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/corpora"));
+    dir.is_dir().then_some(dir)
+}
