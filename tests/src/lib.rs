@@ -1,1 +1,13 @@
-//! placeholder
+//! Principia's test support: an OpenAI-compatible LLM test server ([`llm_server`]) that tests
+//! spawn in-process and benchmarks run as the `llm-test-server` binary, and the external services
+//! the integration tests use ([`moto`]).
+
+pub mod llm_server;
+pub mod moto;
+
+pub use llm_server::{
+    RecordedRequest, RequestKind, RunningServer, ScriptedReply, ServerConfig, ServerStats, spawn,
+    try_spawn,
+};
+pub mod principia;
+pub mod fleet;

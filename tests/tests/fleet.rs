@@ -1,0 +1,240 @@
+//! The fleet end to end: a coordinator and workers as separate processes over the real RabbitMQ and
+//! Redis of the machine and S3 (moto), against the LLM test server where a model is needed.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::Record;
+use tests::fleet::Fleet;
+use tests::principia;
+use tests::{ServerConfig, spawn};
+use worker::amqp::{AmqpAdmin, AmqpConfig};
+
+const INSTRUCTIONS: &str = "I want a chatbot that specializes in Harbor's lending policy";
+
+fn example() -> PathBuf {
+    principia::workspace_root().join("examples/harbor-lending-policy.md")
+}
+
+fn read_records(path: &std::path::Path) -> Vec<Record> {
+    proto::dataset::decode_parquet(Bytes::from(std::fs::read(path).unwrap()))
+        .unwrap()
+        .0
+}
+
+/// Remove the test's queues and exchanges.
+async fn delete_topology(queue: &str) {
+    let mut config = AmqpConfig::new(tests::moto::AMQP_URL);
+    config.queue = queue.to_string();
+    if let Ok(admin) = AmqpAdmin::connect(config).await {
+        let _ = admin.delete_topology().await;
+        admin.close().await;
+    }
+}
+
+fn download(fleet: &Fleet, job: &str, dir: &std::path::Path) -> Vec<Record> {
+    let path = dir.join(format!("{job}.parquet"));
+    fleet.cli(&["download", job, "-o", path.to_str().unwrap()]);
+    read_records(&path)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_over_two_workers_equals_the_embedded_run_row_for_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::new("complete");
+    fleet.start_coordinator();
+    fleet.start_worker(2);
+    fleet.start_worker(2);
+    let job = fleet.submit(&[&example()], &["--instructions", INSTRUCTIONS, "--shard-tokens", "300"]);
+    assert!(job.starts_with("al-"), "{job}");
+    let status = fleet.wait_finished(&job, Duration::from_secs(60));
+    assert_eq!(status["status"], "completed", "{status:#}");
+    assert_eq!(status["progress"], 100.0);
+    let output = &status["output_files"][0];
+    assert_eq!(output["purpose"], "fine-tune");
+    assert_eq!(output["file_type"], "parquet");
+    let fleet_records = download(&fleet, &job, dir.path());
+
+    let run = principia::run(
+        principia::command()
+            .arg("run")
+            .arg(example())
+            .args(["--instructions", INSTRUCTIONS, "--shard-tokens", "300", "--out"])
+            .arg(dir.path().join("embedded")),
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let embedded = read_records(&dir.path().join("embedded/dataset.parquet"));
+    let ids = |records: &[Record]| records.iter().map(|r| r.record_id.clone()).collect::<Vec<_>>();
+    assert!(!embedded.is_empty());
+    assert_eq!(ids(&fleet_records), ids(&embedded), "same rows, same order, same ids");
+
+    let listed = fleet.cli(&["jobs"]);
+    assert!(listed.contains(&job) && listed.contains("completed"), "{listed}");
+    let queue = fleet.queue.clone();
+    drop(fleet);
+    delete_topology(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_shard_loses_nothing_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm = spawn(ServerConfig {
+        latency: Duration::from_millis(400),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut fleet = Fleet::new("sigkill");
+    fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+    fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
+    fleet.start_coordinator();
+    let victim = fleet.start_worker(2);
+    fleet.start_worker(2);
+    let job = fleet.submit(
+        &[&example()],
+        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "test-model", "--shard-tokens", "250"],
+    );
+    // Kill one worker as soon as the first shards are done, while it holds others.
+    fleet.wait_for(&job, Duration::from_secs(60), |s| {
+        s["principia"]["shards_done"].as_u64().unwrap_or(0) >= 1
+    });
+    fleet.signal_worker(victim, "KILL");
+    let status = fleet.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(status["status"], "completed", "{status:#}");
+    let records = download(&fleet, &job, dir.path());
+    let ids: HashSet<_> = records.iter().map(|r| r.record_id.clone()).collect();
+    assert_eq!(ids.len(), records.len(), "no duplicate record ids");
+    let shards: HashSet<_> = records.iter().map(|r| r.shard_id.clone()).collect();
+    let total = status["principia"]["shards_total"].as_u64().unwrap();
+    assert!(total >= 3, "the job has several shards ({total})");
+    assert_eq!(shards.len() as u64, total, "every shard contributed rows");
+    let queue = fleet.queue.clone();
+    drop(fleet);
+    delete_topology(&queue).await;
+    llm.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_the_shards_in_progress_and_exits_cleanly() {
+    let llm = spawn(ServerConfig {
+        latency: Duration::from_millis(600),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut fleet = Fleet::new("sigterm");
+    fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+    fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
+    fleet.start_coordinator();
+    let draining = fleet.start_worker(2);
+    let job = fleet.submit(
+        &[&example()],
+        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "test-model", "--shard-tokens", "250"],
+    );
+    // Wait until the worker is busy with LLM calls, then ask it to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while llm.requests() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no LLM request arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = fleet.status(&job)["principia"]["shards_done"].as_u64().unwrap_or(0);
+    let code = fleet.signal_worker(draining, "TERM");
+    assert_eq!(code, Some(0), "a draining worker exits 0\n{}", fleet.logs());
+    // The shards it held were finished (their parts written) before it exited.
+    fleet.wait_for(&job, Duration::from_secs(5), |s| {
+        s["principia"]["shards_done"].as_u64().unwrap_or(0) > before
+    });
+    // The rest goes back to the queue: a new worker finishes the job.
+    fleet.start_worker(2);
+    let status = fleet.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(status["status"], "completed", "{status:#}");
+    let queue = fleet.queue.clone();
+    drop(fleet);
+    delete_topology(&queue).await;
+    llm.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_no_worker_can_process_is_dead_lettered_and_the_job_says_why() {
+    let mut fleet = Fleet::new("poison");
+    fleet.start_coordinator();
+    // Workers without any LLM configured cannot run an openai job.
+    fleet.start_worker(1);
+    let job = fleet.submit(
+        &[&example()],
+        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "absent-model"],
+    );
+    let status = fleet.wait_finished(&job, Duration::from_secs(60));
+    assert_eq!(status["status"], "failed", "{status:#}");
+    let message = status["status_message"].as_str().unwrap();
+    assert!(message.contains("no `openai` generator"), "{message}");
+    let mut config = AmqpConfig::new(tests::moto::AMQP_URL);
+    config.queue = fleet.queue.clone();
+    let admin = AmqpAdmin::connect(config).await.unwrap();
+    assert!(admin.dead_letter_depth().await.unwrap() >= 1, "the shard is in the dead-letter queue");
+    let _ = admin.delete_topology().await;
+    admin.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_and_server_errors_from_the_llm_are_retried_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm = spawn(ServerConfig {
+        fail_first_429: 3,
+        retry_after: Some("1".into()),
+        fail_first_500: 2,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut fleet = Fleet::new("faults");
+    fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+    fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
+    fleet.start_coordinator();
+    fleet.start_worker(2);
+    let job = fleet.submit(
+        &[&example()],
+        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "test-model"],
+    );
+    let status = fleet.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(status["status"], "completed", "{status:#}");
+    let records = download(&fleet, &job, dir.path());
+    assert!(!records.is_empty());
+    assert!(records.iter().all(|r| r.model.as_deref() == Some("test-model")));
+    assert!(llm.requests() > 5, "the failed requests were retried");
+    let queue = fleet.queue.clone();
+    drop(fleet);
+    delete_topology(&queue).await;
+    llm.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_restarted_mid_job_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm = spawn(ServerConfig {
+        latency: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut fleet = Fleet::new("restart");
+    fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+    fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
+    fleet.start_coordinator();
+    fleet.start_worker(2);
+    let job = fleet.submit(
+        &[&example()],
+        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "test-model", "--shard-tokens", "250"],
+    );
+    fleet.wait_for(&job, Duration::from_secs(60), |s| s["status"] == "running");
+    fleet.kill_coordinator();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.start_coordinator();
+    let status = fleet.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(status["status"], "completed", "{status:#}");
+    let records = download(&fleet, &job, dir.path());
+    let ids: HashSet<_> = records.iter().map(|r| r.record_id.clone()).collect();
+    assert_eq!(ids.len(), records.len());
+    let queue = fleet.queue.clone();
+    drop(fleet);
+    delete_topology(&queue).await;
+    llm.shutdown().await.unwrap();
+}
