@@ -212,20 +212,28 @@ mod tests {
         let ids = |s: &[ShardMessage]| s.iter().map(|m| m.shard_id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&first), ids(&again), "ids do not depend on the job id");
 
-        let other_spec = plan_shards(&tree_a, "al-1", &spec(500).clone_with_instructions("other"));
+        let other = JobSpec {
+            instructions: "other".into(),
+            ..spec(500)
+        };
+        let other_spec = plan_shards(&tree_a, "al-1", &other);
         assert!(ids(&first).iter().all(|id| !ids(&other_spec).contains(id)));
+
+        // Editing one section changes only the shard that holds it.
+        let mut edited = tree_a.clone();
+        let target = edited.generation_units()[0].id.clone();
+        edit(&mut edited.root, &target);
+        edited.assign_ids();
+        let after = plan_shards(&edited, "al-1", &spec(500));
+        let changed: Vec<_> = ids(&after).into_iter().filter(|id| !ids(&first).contains(id)).collect();
+        assert_eq!(changed.len(), 1, "{changed:?}");
     }
 
-    trait WithInstructions {
-        fn clone_with_instructions(&self, instructions: &str) -> JobSpec;
-    }
-
-    impl WithInstructions for JobSpec {
-        fn clone_with_instructions(&self, instructions: &str) -> JobSpec {
-            JobSpec {
-                instructions: instructions.into(),
-                ..self.clone()
-            }
+    fn edit(node: &mut PrincipleNode, id: &str) -> bool {
+        if node.id == id {
+            node.content.push_str(" edited");
+            return true;
         }
+        node.children.iter_mut().any(|child| edit(child, id))
     }
 }

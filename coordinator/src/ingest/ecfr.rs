@@ -11,10 +11,11 @@
 
 use std::path::Path;
 
-use proto::{NodeStatus, PrincipleNode, PrincipleTree};
+use proto::{NodeStatus, PrincipleNode};
+use quick_xml::events::BytesStart;
 
 use super::xml::{TextLines, XmlEvent, XmlReader, collapse, local_name};
-use super::{IngestError, Ingested, MAX_DEPTH, file_stem};
+use super::{IngestError, Ingested, MAX_DEPTH};
 
 /// Elements whose text is not part of any section's content.
 const SKIPPED: [&str; 10] = [
@@ -41,125 +42,146 @@ struct Division {
 }
 
 pub(super) fn read(path: &Path, text: &str) -> Result<Ingested, IngestError> {
-    let mut xml = XmlReader::new(path, text);
-    let mut title: Option<String> = None;
-    let mut open: Vec<Division> = Vec::new();
-    let mut roles: Vec<Role> = Vec::new();
-    let mut in_head = false;
-    let mut roots: Vec<PrincipleNode> = Vec::new();
+    let mut reader = Reader {
+        xml: XmlReader::new(path, text),
+        title: None,
+        open: Vec::new(),
+        roles: Vec::new(),
+        in_head: false,
+        roots: Vec::new(),
+    };
     loop {
-        match xml.next()? {
-            XmlEvent::Start(element) => {
-                let name = local_name(&element);
-                if SKIPPED.contains(&name) {
-                    xml.skip(&element)?;
-                    continue;
-                }
-                let role = if let Some(div) = division_number(name) {
-                    if open.len() >= MAX_DEPTH {
-                        return Err(
-                            xml.invalid(format!("divisions nested deeper than {MAX_DEPTH} levels"))
-                        );
-                    }
-                    let kind = kind(xml.attr(&element, "TYPE")?.as_deref(), div);
-                    let number = xml.attr(&element, "N")?.map(|n| collapse(&n));
-                    if title.is_none() {
-                        // `NODE="4:1.0.1"`: the title number, then the position in the title.
-                        // (A DIV1's `N` is the volume, not the title.)
-                        title = xml
-                            .attr(&element, "NODE")?
-                            .and_then(|node| Some(node.split_once(':')?.0.trim().to_owned()))
-                            .filter(|t| !t.is_empty());
-                    }
-                    let mut node = PrincipleNode::new("", kind);
-                    node.citation = citation(kind, number.as_deref(), &open, title.as_deref());
-                    open.push(Division {
-                        node,
-                        number,
-                        head: String::new(),
-                        body: TextLines::default(),
-                    });
-                    Role::Division
-                } else if name == "HEAD" && roles.last() == Some(&Role::Division) {
-                    in_head = true;
-                    Role::Head
-                } else {
-                    let role = content_role(name);
-                    if let Some(body) = open.last_mut().map(|d| &mut d.body) {
-                        match role {
-                            Role::Block => body.break_line(),
-                            Role::Row => {
-                                body.break_line();
-                                body.push("|");
-                            }
-                            Role::Cell => body.push(" "),
-                            Role::Division | Role::Head | Role::Inline => {}
-                        }
-                    }
-                    role
-                };
-                roles.push(role);
-            }
-            XmlEvent::Empty(element) => {
-                if let Some(division) = open.last_mut()
-                    && content_role(local_name(&element)) == Role::Cell
-                {
-                    division.body.push(" |");
-                }
-            }
-            XmlEvent::End => match roles.pop() {
-                Some(Role::Division) => {
-                    if let Some(division) = open.pop() {
-                        let node = finish(division, title.as_deref());
-                        match open.last_mut() {
-                            Some(parent) => parent.node.children.push(node),
-                            None => roots.push(node),
-                        }
-                    }
-                }
-                Some(Role::Head) => in_head = false,
-                Some(role @ (Role::Block | Role::Row | Role::Cell)) => {
-                    if let Some(division) = open.last_mut() {
-                        if role == Role::Cell {
-                            division.body.push(" |");
-                        } else {
-                            division.body.break_line();
-                        }
-                    }
-                }
-                Some(Role::Inline) | None => {}
-            },
-            XmlEvent::Text(text) => {
-                if let Some(division) = open.last_mut() {
-                    if in_head {
-                        division.head.push_str(&text);
-                    } else {
-                        division.body.push(&text);
-                    }
-                }
-            }
+        match reader.xml.next()? {
+            XmlEvent::Start(element) => reader.start(&element)?,
+            XmlEvent::Empty(element) => reader.empty(&element),
+            XmlEvent::End => reader.end(),
+            XmlEvent::Text(text) => reader.text(&text),
             XmlEvent::Eof => break,
         }
     }
-    let root = match roots.len() {
-        0 => {
-            return Err(IngestError::Invalid {
-                path: path.to_owned(),
-                line: None,
-                message: "no eCFR divisions (DIV1 … DIV9) found".into(),
-            });
+    super::single_tree(path, reader.roots, "no eCFR divisions (DIV1 … DIV9) found")
+}
+
+struct Reader<'a> {
+    xml: XmlReader<'a>,
+    /// The title number, from the first `NODE` attribute.
+    title: Option<String>,
+    /// Open divisions, outermost first.
+    open: Vec<Division>,
+    /// Open elements, outermost first.
+    roles: Vec<Role>,
+    in_head: bool,
+    /// Finished top-level divisions.
+    roots: Vec<PrincipleNode>,
+}
+
+impl Reader<'_> {
+    fn start(&mut self, element: &BytesStart<'_>) -> Result<(), IngestError> {
+        let name = local_name(element);
+        if SKIPPED.contains(&name) {
+            return self.xml.skip(element);
         }
-        1 => roots.remove(0),
-        _ => {
-            let mut root = PrincipleNode::new(file_stem(path), "collection");
-            root.children = roots;
-            root
+        let role = if let Some(div) = division_number(name) {
+            self.open_division(element, div)?;
+            Role::Division
+        } else if name == "HEAD" && self.roles.last() == Some(&Role::Division) {
+            self.in_head = true;
+            Role::Head
+        } else {
+            let role = content_role(name);
+            if let Some(body) = self.body() {
+                match role {
+                    Role::Block => body.break_line(),
+                    Role::Row => {
+                        body.break_line();
+                        body.push("|");
+                    }
+                    Role::Cell => body.push(" "),
+                    Role::Division | Role::Head | Role::Inline => {}
+                }
+            }
+            role
+        };
+        self.roles.push(role);
+        Ok(())
+    }
+
+    fn open_division(&mut self, element: &BytesStart<'_>, div: u8) -> Result<(), IngestError> {
+        if self.open.len() >= MAX_DEPTH {
+            return Err(self
+                .xml
+                .invalid(format!("divisions nested deeper than {MAX_DEPTH} levels")));
         }
-    };
-    Ok(Ingested {
-        tree: PrincipleTree::new(root),
-        warnings: Vec::new(),
-    })
+        let kind = kind(self.xml.attr(element, "TYPE")?.as_deref(), div);
+        let number = self.xml.attr(element, "N")?.map(|n| collapse(&n));
+        if self.title.is_none() {
+            // `NODE="4:1.0.1"`: the title number, then the position in the title.
+            // (A DIV1's `N` is the volume, not the title.)
+            self.title = self
+                .xml
+                .attr(element, "NODE")?
+                .and_then(|node| Some(node.split_once(':')?.0.trim().to_owned()))
+                .filter(|t| !t.is_empty());
+        }
+        let mut node = PrincipleNode::new("", kind);
+        node.citation = citation(kind, number.as_deref(), &self.open, self.title.as_deref());
+        self.open.push(Division {
+            node,
+            number,
+            head: String::new(),
+            body: TextLines::default(),
+        });
+        Ok(())
+    }
+
+    fn empty(&mut self, element: &BytesStart<'_>) {
+        if content_role(local_name(element)) == Role::Cell
+            && let Some(body) = self.body()
+        {
+            body.push(" |");
+        }
+    }
+
+    fn end(&mut self) {
+        match self.roles.pop() {
+            Some(Role::Division) => {
+                if let Some(division) = self.open.pop() {
+                    let node = finish(division, self.title.as_deref());
+                    match self.open.last_mut() {
+                        Some(parent) => parent.node.children.push(node),
+                        None => self.roots.push(node),
+                    }
+                }
+            }
+            Some(Role::Head) => self.in_head = false,
+            Some(Role::Block | Role::Row) => {
+                if let Some(body) = self.body() {
+                    body.break_line();
+                }
+            }
+            Some(Role::Cell) => {
+                if let Some(body) = self.body() {
+                    body.push(" |");
+                }
+            }
+            Some(Role::Inline) | None => {}
+        }
+    }
+
+    fn text(&mut self, text: &str) {
+        if let Some(division) = self.open.last_mut() {
+            if self.in_head {
+                division.head.push_str(text);
+            } else {
+                division.body.push(text);
+            }
+        }
+    }
+
+    /// The content of the innermost open division.
+    fn body(&mut self) -> Option<&mut TextLines> {
+        self.open.last_mut().map(|d| &mut d.body)
+    }
 }
 
 /// `n` of a `DIVn` element name.

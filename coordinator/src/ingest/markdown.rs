@@ -323,6 +323,7 @@ impl<'t> LineCounter<'t> {
     fn line_at(&mut self, offset: usize) -> usize {
         let offset = offset.min(self.bytes.len());
         if offset < self.offset {
+            // Headings come in document order; anything else is counted from the start.
             return super::line_at(self.bytes, offset);
         }
         self.line += self.bytes[self.offset..offset]

@@ -155,12 +155,21 @@ impl fmt::Display for Location<'_> {
 ///
 /// XML is told apart by its root element (`<uscDoc>` or the USLM namespace; `<DLPSTEXTCLASS>`,
 /// `<ECFR…>` or `<DIVn>`), JSON by an opening `{` (or `[` followed by `{`), anything else that is
-/// text is markdown. Binary content and invalid UTF-8 are errors.
+/// text is markdown.
+///
+/// # Errors
+///
+/// Binary content, invalid UTF-8, an empty file, and XML that is neither USLM nor eCFR (when it
+/// declares itself XML or the file is named `*.xml`).
 pub fn detect_format(path: &Path, bytes: &[u8]) -> Result<Format, IngestError> {
     sniff(path, decode(path, bytes)?)
 }
 
 /// Read one document into a tree. `format: None` detects it from the content.
+///
+/// # Errors
+///
+/// An unreadable file, or content that is not a document of the format: see [`IngestError`].
 pub fn read_file(path: &Path, format: Option<Format>) -> Result<Ingested, IngestError> {
     let bytes = std::fs::read(path).map_err(|source| IngestError::Io {
         path: path.to_owned(),
@@ -181,6 +190,10 @@ pub fn read_file(path: &Path, format: Option<Format>) -> Result<Ingested, Ingest
 
 /// Read several documents into one tree: each document's root becomes a child of a root labelled
 /// `Principles` (kind `collection`), in the order given. One path gives that document's own tree.
+///
+/// # Errors
+///
+/// No paths, or the first document that cannot be read.
 pub fn read_files(paths: &[PathBuf], format: Option<Format>) -> Result<Ingested, IngestError> {
     match paths {
         [] => Err(IngestError::NoInput),
@@ -218,7 +231,10 @@ pub fn to_seekr_json(tree: &PrincipleTree) -> Value {
 
 /// Check that the bytes are text and return them as a string, without a byte-order mark.
 fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, IngestError> {
-    if let Some(offset) = bytes.iter().position(|&b| b == 0) {
+    // `contains` on bytes is a memchr; `position` only runs for the error message.
+    if bytes.contains(&0)
+        && let Some(offset) = bytes.iter().position(|&b| b == 0)
+    {
         return Err(IngestError::Binary {
             path: path.to_owned(),
             offset,
@@ -251,13 +267,13 @@ fn sniff(path: &Path, text: &str) -> Result<Format, IngestError> {
         return Ok(Format::SeekrJson);
     }
     if start.starts_with('<') {
-        let declared_xml = start.starts_with("<?xml")
+        let must_be_xml = start.starts_with("<?xml")
             || path
                 .extension()
                 .is_some_and(|ext| ext.eq_ignore_ascii_case("xml"));
         match xml::root_format(path, text) {
             Ok(Some(format)) => return Ok(format),
-            Ok(None) | Err(_) if !declared_xml => {} // markdown that opens with HTML
+            Ok(None) | Err(_) if !must_be_xml => {} // markdown that opens with HTML
             Ok(None) => {
                 return Err(IngestError::Invalid {
                     path: path.to_owned(),
@@ -271,6 +287,34 @@ fn sniff(path: &Path, text: &str) -> Result<Format, IngestError> {
         }
     }
     Ok(Format::Markdown)
+}
+
+/// The tree of a document whose top-level divisions are `roots`: the one root, or a collection
+/// named after the file when there are several. With none, the error says `missing`.
+fn single_tree(
+    path: &Path,
+    mut roots: Vec<PrincipleNode>,
+    missing: &str,
+) -> Result<Ingested, IngestError> {
+    let root = match roots.len() {
+        0 => {
+            return Err(IngestError::Invalid {
+                path: path.to_owned(),
+                line: None,
+                message: missing.to_owned(),
+            });
+        }
+        1 => roots.remove(0),
+        _ => {
+            let mut root = PrincipleNode::new(file_stem(path), "collection");
+            root.children = roots;
+            root
+        }
+    };
+    Ok(Ingested {
+        tree: PrincipleTree::new(root),
+        warnings: Vec::new(),
+    })
 }
 
 /// 1-based line number of byte `offset` in `bytes`.

@@ -12,11 +12,11 @@
 
 use std::path::Path;
 
-use proto::{NodeStatus, PrincipleNode, PrincipleTree};
+use proto::{NodeStatus, PrincipleNode};
 use quick_xml::events::BytesStart;
 
 use super::xml::{TextLines, XmlEvent, XmlReader, collapse, local_name};
-use super::{IngestError, Ingested, MAX_DEPTH, file_stem};
+use super::{IngestError, Ingested, MAX_DEPTH};
 
 /// Elements that hold no operative text.
 const SKIPPED: [&str; 5] = ["meta", "notes", "note", "toc", "sourceCredit"];
@@ -64,98 +64,105 @@ enum Field {
 }
 
 pub(super) fn read(path: &Path, text: &str) -> Result<Ingested, IngestError> {
-    let mut xml = XmlReader::new(path, text);
-    let mut open: Vec<Division> = Vec::new();
-    // For each open element outside sections: whether it is a division.
-    let mut elements: Vec<bool> = Vec::new();
-    let mut capture: Option<Field> = None;
-    let mut roots: Vec<PrincipleNode> = Vec::new();
+    let mut reader = Reader {
+        xml: XmlReader::new(path, text),
+        open: Vec::new(),
+        elements: Vec::new(),
+        capture: None,
+        roots: Vec::new(),
+    };
     loop {
-        match xml.next()? {
-            XmlEvent::Start(element) => {
-                let name = local_name(&element);
-                if SKIPPED.contains(&name) {
-                    xml.skip(&element)?;
-                    continue;
-                }
-                if open.len() >= MAX_DEPTH {
-                    return Err(
-                        xml.invalid(format!("divisions nested deeper than {MAX_DEPTH} levels"))
-                    );
-                }
-                if name == "section" {
-                    let section = read_section(&mut xml, &element, &open)?;
-                    match open.last_mut() {
-                        Some(parent) => parent.node.children.push(section),
-                        None => roots.push(section),
-                    }
-                    continue;
-                }
-                let kind = division_kind(name);
-                let parent_is_division = elements.last() == Some(&true);
-                if let Some(kind) = kind {
-                    open.push(Division {
-                        node: PrincipleNode::new("", kind),
-                        value: None,
-                        num: String::new(),
-                        heading: String::new(),
-                        status: xml.attr(&element, "status")?,
-                    });
-                } else if parent_is_division && let Some(division) = open.last_mut() {
-                    if name == "num" {
-                        division.value = xml.attr(&element, "value")?;
-                        capture = Some(Field::Num);
-                    } else if name == "heading" {
-                        capture = Some(Field::Heading);
-                    }
-                }
-                elements.push(kind.is_some());
-            }
-            XmlEvent::End => {
-                if elements.pop() == Some(true) {
-                    if let Some(division) = open.pop() {
-                        let node = finish_division(division, &open);
-                        match open.last_mut() {
-                            Some(parent) => parent.node.children.push(node),
-                            None => roots.push(node),
-                        }
-                    }
-                } else if elements.last() == Some(&true) {
-                    capture = None;
-                }
-            }
-            XmlEvent::Text(text) => {
-                if let Some(division) = open.last_mut() {
-                    match capture {
-                        Some(Field::Num) => division.num.push_str(&text),
-                        Some(Field::Heading) => division.heading.push_str(&text),
-                        None => {}
-                    }
-                }
-            }
+        match reader.xml.next()? {
+            XmlEvent::Start(element) => reader.start(&element)?,
+            XmlEvent::End => reader.end(),
+            XmlEvent::Text(text) => reader.text(&text),
             XmlEvent::Empty(_) => {}
             XmlEvent::Eof => break,
         }
     }
-    let root = match roots.len() {
-        0 => {
-            return Err(IngestError::Invalid {
-                path: path.to_owned(),
-                line: None,
-                message: "no USLM divisions or sections found".into(),
+    super::single_tree(path, reader.roots, "no USLM divisions or sections found")
+}
+
+/// Reads the divisions above section level; sections are read by [`read_section`].
+struct Reader<'a> {
+    xml: XmlReader<'a>,
+    /// Open divisions, outermost first.
+    open: Vec<Division>,
+    /// For each open element outside sections: whether it is a division.
+    elements: Vec<bool>,
+    capture: Option<Field>,
+    /// Finished top-level divisions (and sections outside any division).
+    roots: Vec<PrincipleNode>,
+}
+
+impl Reader<'_> {
+    fn start(&mut self, element: &BytesStart<'_>) -> Result<(), IngestError> {
+        let name = local_name(element);
+        if SKIPPED.contains(&name) {
+            return self.xml.skip(element);
+        }
+        if self.open.len() >= MAX_DEPTH {
+            return Err(self
+                .xml
+                .invalid(format!("divisions nested deeper than {MAX_DEPTH} levels")));
+        }
+        if name == "section" {
+            let section = read_section(&mut self.xml, element, &self.open)?;
+            self.attach(section);
+            return Ok(());
+        }
+        let kind = division_kind(name);
+        if let Some(kind) = kind {
+            self.open.push(Division {
+                node: PrincipleNode::new("", kind),
+                value: None,
+                num: String::new(),
+                heading: String::new(),
+                status: self.xml.attr(element, "status")?,
             });
+        } else if self.elements.last() == Some(&true)
+            && let Some(division) = self.open.last_mut()
+        {
+            if name == "num" {
+                division.value = self.xml.attr(element, "value")?;
+                self.capture = Some(Field::Num);
+            } else if name == "heading" {
+                self.capture = Some(Field::Heading);
+            }
         }
-        1 => roots.remove(0),
-        _ => {
-            let mut root = PrincipleNode::new(file_stem(path), "collection");
-            root.children = roots;
-            root
+        self.elements.push(kind.is_some());
+        Ok(())
+    }
+
+    fn end(&mut self) {
+        if self.elements.pop() == Some(true) {
+            if let Some(division) = self.open.pop() {
+                let node = finish_division(division, &self.open);
+                self.attach(node);
+            }
+        } else if self.elements.last() == Some(&true) {
+            // A child of a division closed: if it was the `<num>` or `<heading>`, that field is
+            // complete.
+            self.capture = None;
         }
-    };
-    Ok(Ingested {
-        tree: PrincipleTree::new(root),
-        warnings: Vec::new(),
-    })
+    }
+
+    fn text(&mut self, text: &str) {
+        if let Some(division) = self.open.last_mut() {
+            match self.capture {
+                Some(Field::Num) => division.num.push_str(text),
+                Some(Field::Heading) => division.heading.push_str(text),
+                None => {}
+            }
+        }
+    }
+
+    fn attach(&mut self, node: PrincipleNode) {
+        match self.open.last_mut() {
+            Some(parent) => parent.node.children.push(node),
+            None => self.roots.push(node),
+        }
+    }
 }
 
 fn division_kind(name: &str) -> Option<&'static str> {
@@ -271,8 +278,9 @@ enum Part {
 }
 
 /// Where character data goes inside a section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum Capture {
+    #[default]
     Body,
     SectionNum,
     SectionHeading,
@@ -289,13 +297,7 @@ fn read_section(
     ancestors: &[Division],
 ) -> Result<PrincipleNode, IngestError> {
     let status = xml.attr(start, "status")?;
-    let mut value = None;
-    let mut num = String::new();
-    let mut heading = String::new();
-    let mut body = TextLines::default();
-    let mut parts: Vec<Part> = Vec::new();
-    let mut depth = 0usize;
-    let mut capture = Capture::Body;
+    let mut section = Section::default();
     loop {
         match xml.next()? {
             XmlEvent::Start(element) => {
@@ -306,90 +308,140 @@ fn read_section(
                     xml.skip(&element)?;
                     continue;
                 }
-                let part = match name {
-                    "num" if parts.is_empty() => {
-                        value = xml.attr(&element, "value")?;
-                        capture = Capture::SectionNum;
-                        Part::Capture
-                    }
-                    "heading" if parts.is_empty() => {
-                        capture = Capture::SectionHeading;
-                        Part::Capture
-                    }
-                    "num" => {
-                        capture = Capture::Enumerator;
-                        Part::Capture
-                    }
-                    "heading" => {
-                        capture = Capture::SubHeading;
-                        Part::Capture
-                    }
-                    "tr" => {
-                        body.start_line(depth.saturating_sub(1));
-                        body.push("|");
-                        Part::Row
-                    }
-                    "td" | "th" => {
-                        body.push(" ");
-                        Part::Cell
-                    }
-                    _ if SUBDIVISIONS.contains(&name) => {
-                        depth += 1;
-                        body.start_line(depth - 1);
-                        Part::Subdivision
-                    }
-                    _ if BLOCKS.contains(&name) => {
-                        if body.has_body() {
-                            body.start_line(depth.saturating_sub(1));
-                        }
-                        Part::Block
-                    }
-                    _ => Part::Inline,
+                let value = if name == "num" {
+                    xml.attr(&element, "value")?
+                } else {
+                    None
                 };
-                parts.push(part);
+                section.start(name, value);
             }
-            XmlEvent::Empty(element) => {
-                if matches!(local_name(&element), "td" | "th") {
-                    body.push(" |");
+            XmlEvent::Empty(element) => section.empty(local_name(&element)),
+            XmlEvent::End => {
+                if section.end() {
+                    return Ok(section.into_node(status, ancestors));
                 }
             }
-            XmlEvent::End => match parts.pop() {
-                None => break,
-                Some(Part::Subdivision) => depth = depth.saturating_sub(1),
-                Some(Part::Capture) => {
-                    match capture {
-                        Capture::SubHeading => body.end_heading(),
-                        Capture::Enumerator => body.separate(),
-                        Capture::Body | Capture::SectionNum | Capture::SectionHeading => {}
-                    }
-                    capture = Capture::Body;
-                }
-                Some(Part::Row) => body.break_line(),
-                Some(Part::Cell) => body.push(" |"),
-                Some(Part::Block | Part::Inline) => {}
-            },
-            XmlEvent::Text(text) => match capture {
-                Capture::Body => body.push(&text),
-                Capture::Enumerator | Capture::SubHeading => body.push_prefix(&text),
-                Capture::SectionNum => num.push_str(&text),
-                Capture::SectionHeading => heading.push_str(&text),
-            },
+            XmlEvent::Text(text) => section.text(&text),
             XmlEvent::Eof => return Err(xml.invalid("end of file inside a section")),
         }
     }
+}
 
-    let num = collapse(&num);
-    let heading = collapse(&heading);
-    let mut node = PrincipleNode::new(label(&num, &heading, "section"), "section");
-    node.status = node_status(status, &heading);
-    node.content = body.finish();
-    let number = value.unwrap_or_else(|| {
-        num.trim_start_matches(|c: char| c == '§' || c.is_whitespace())
-            .trim_end_matches('.')
-            .to_owned()
-    });
-    node.citation = format!("{} {number}", usc(title_number(ancestors)));
-    Ok(node)
+/// A section being read: its number and heading, and its operative text flattened into lines.
+#[derive(Debug, Default)]
+struct Section {
+    /// The `value` of the section's `<num>`: `361` of `§ 361.`.
+    value: Option<String>,
+    num: String,
+    heading: String,
+    body: TextLines,
+    /// Open elements inside the section, outermost first.
+    parts: Vec<Part>,
+    /// Open subdivisions: 1 inside a subsection, 2 inside a paragraph, ...
+    depth: usize,
+    capture: Capture,
+}
+
+impl Section {
+    fn start(&mut self, name: &str, num_value: Option<String>) {
+        let direct_child = self.parts.is_empty();
+        let part = match name {
+            "num" if direct_child => {
+                self.value = num_value;
+                self.capture = Capture::SectionNum;
+                Part::Capture
+            }
+            "heading" if direct_child => {
+                self.capture = Capture::SectionHeading;
+                Part::Capture
+            }
+            "num" => {
+                self.capture = Capture::Enumerator;
+                Part::Capture
+            }
+            "heading" => {
+                self.capture = Capture::SubHeading;
+                Part::Capture
+            }
+            "tr" => {
+                self.body.start_line(self.indent());
+                self.body.push("|");
+                Part::Row
+            }
+            "td" | "th" => {
+                self.body.push(" ");
+                Part::Cell
+            }
+            _ if SUBDIVISIONS.contains(&name) => {
+                self.depth += 1;
+                self.body.start_line(self.indent());
+                Part::Subdivision
+            }
+            _ if BLOCKS.contains(&name) => {
+                if self.body.has_body() {
+                    self.body.start_line(self.indent());
+                }
+                Part::Block
+            }
+            _ => Part::Inline,
+        };
+        self.parts.push(part);
+    }
+
+    fn empty(&mut self, name: &str) {
+        if matches!(name, "td" | "th") {
+            self.body.push(" |");
+        }
+    }
+
+    /// An element closed; returns whether it was the section itself.
+    fn end(&mut self) -> bool {
+        match self.parts.pop() {
+            None => return true,
+            Some(Part::Subdivision) => self.depth = self.depth.saturating_sub(1),
+            Some(Part::Capture) => {
+                match self.capture {
+                    Capture::SubHeading => self.body.end_heading(),
+                    Capture::Enumerator => self.body.separate(),
+                    Capture::Body | Capture::SectionNum | Capture::SectionHeading => {}
+                }
+                self.capture = Capture::Body;
+            }
+            Some(Part::Row) => self.body.break_line(),
+            Some(Part::Cell) => self.body.push(" |"),
+            Some(Part::Block | Part::Inline) => {}
+        }
+        false
+    }
+
+    fn text(&mut self, text: &str) {
+        match self.capture {
+            Capture::Body => self.body.push(text),
+            Capture::Enumerator | Capture::SubHeading => self.body.push_prefix(text),
+            Capture::SectionNum => self.num.push_str(text),
+            Capture::SectionHeading => self.heading.push_str(text),
+        }
+    }
+
+    /// Lines of a subsection are not indented, a paragraph's by one step, and so on.
+    fn indent(&self) -> usize {
+        self.depth.saturating_sub(1)
+    }
+
+    fn into_node(self, status: Option<String>, ancestors: &[Division]) -> PrincipleNode {
+        let num = collapse(&self.num);
+        let heading = collapse(&self.heading);
+        let mut node = PrincipleNode::new(label(&num, &heading, "section"), "section");
+        node.status = node_status(status, &heading);
+        node.content = self.body.finish();
+        let number = self.value.unwrap_or_else(|| {
+            num.trim_start_matches(|c: char| c == '§' || c.is_whitespace())
+                .trim_end_matches('.')
+                .to_owned()
+        });
+        node.citation = format!("{} {number}", usc(title_number(ancestors)));
+        node
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,794 @@
+//! Integration tests of the document readers: the real corpora in `../shared/corpora` (skipped
+//! with a message when absent; `PRINCIPIA_CORPORA` overrides the location) and every kind of bad
+//! input, written to temporary files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use coordinator::ingest::{
+    Format, IngestError, Ingested, detect_format, read_file, read_files, to_seekr_json,
+};
+use proto::{NodeStatus, PrincipleNode, PrincipleTree};
+
+/// The corpora directory, or `None` (with a message) when it is not there.
+fn corpora() -> Option<PathBuf> {
+    let dir = std::env::var_os("PRINCIPIA_CORPORA").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora"),
+        PathBuf::from,
+    );
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipping: ../shared/corpora not found (looked in {})",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn read(path: &Path) -> Ingested {
+    read_file(path, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// How many nodes of each kind the tree has.
+fn kinds(tree: &PrincipleTree) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for node in tree.nodes() {
+        *counts.entry(node.kind.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// How many nodes sit at each depth (root = 0).
+fn depths(tree: &PrincipleTree) -> Vec<usize> {
+    let mut counts = vec![0; tree.depth() + 1];
+    tree.walk(|visit, _| counts[visit.depth] += 1);
+    counts
+}
+
+fn by_citation<'t>(tree: &'t PrincipleTree, citation: &str) -> &'t PrincipleNode {
+    tree.nodes()
+        .into_iter()
+        .find(|n| n.citation == citation)
+        .unwrap_or_else(|| panic!("no node cited as {citation:?}"))
+}
+
+fn count(tree: &PrincipleTree, kind: &str) -> usize {
+    kinds(tree).get(kind).copied().unwrap_or(0)
+}
+
+/// Write `content` to a file called `name` in a fresh temporary directory.
+fn temp_file(name: &str, content: impl AsRef<[u8]>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).expect("write temporary file");
+    (dir, path)
+}
+
+/// The error of reading `content` as a file called `name`, with checks that its message is one
+/// line naming the file.
+fn error_of(name: &str, content: impl AsRef<[u8]>, format: Option<Format>) -> String {
+    let (_dir, path) = temp_file(name, content);
+    let error = read_file(&path, format).expect_err("bad input must be an error");
+    let message = error.to_string();
+    assert!(!message.contains('\n'), "not one line: {message}");
+    assert!(
+        message.starts_with(&path.display().to_string()),
+        "does not name the file: {message}"
+    );
+    message
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real corpora
+
+#[test]
+fn ecfr_titles_have_the_counts_of_the_corpora_readme() {
+    let Some(corpora) = corpora() else { return };
+    // (file, chapters, subchapters, parts, subparts, sections, appendices)
+    let expected = [
+        ("title-1.xml", 6, 5, 36, 23, 292, 0),
+        ("title-3.xml", 1, 0, 4, 0, 27, 0),
+        ("title-4.xml", 1, 6, 21, 11, 222, 1),
+    ];
+    for (file, chapters, subchapters, parts, subparts, sections, appendices) in expected {
+        let path = corpora.join("cfr-format-dev").join(file);
+        assert_eq!(
+            detect_format(&path, &std::fs::read(&path).unwrap()).unwrap(),
+            Format::Ecfr
+        );
+        let ingested = read(&path);
+        let tree = &ingested.tree;
+        assert_eq!(tree.root.kind, "title", "{file}");
+        assert_eq!(count(tree, "title"), 1, "{file}");
+        assert_eq!(count(tree, "chapter"), chapters, "{file}");
+        assert_eq!(count(tree, "subchapter"), subchapters, "{file}");
+        assert_eq!(count(tree, "part"), parts, "{file}");
+        assert_eq!(count(tree, "subpart"), subparts, "{file}");
+        assert_eq!(count(tree, "section"), sections, "{file}");
+        assert_eq!(count(tree, "appendix"), appendices, "{file}");
+        assert!(
+            ingested.warnings.is_empty(),
+            "{file}: {:?}",
+            ingested.warnings
+        );
+    }
+}
+
+#[test]
+fn ecfr_citations_content_and_reserved_sections() {
+    let Some(corpora) = corpora() else { return };
+    let tree = read(&corpora.join("cfr-format-dev/title-1.xml")).tree;
+    assert_eq!(tree.root.citation, "1 CFR");
+    assert_eq!(by_citation(&tree, "1 CFR part 1").kind, "part");
+    assert_eq!(
+        by_citation(&tree, "1 CFR chapter I, subchapter A").kind,
+        "subchapter"
+    );
+
+    let definitions = by_citation(&tree, "1 CFR 1.1");
+    assert_eq!(definitions.label, "§ 1.1 Definitions.");
+    assert!(definitions.content.starts_with("As used in this chapter"));
+    assert!(
+        definitions
+            .content
+            .contains("\nAdministrative Committee means")
+    );
+    assert!(
+        !definitions.content.contains("37 FR 23603"),
+        "CITA is skipped"
+    );
+
+    let reserved = by_citation(&tree, "1 CFR 11.6");
+    assert_eq!(
+        reserved.status,
+        NodeStatus::Inactive {
+            reason: "reserved".into()
+        }
+    );
+
+    // A table becomes pipe-separated rows.
+    assert!(
+        by_citation(&tree, "1 CFR 17.2")
+            .content
+            .contains("| Monday | Wednesday | Thursday |")
+    );
+
+    let title4 = read(&corpora.join("cfr-format-dev/title-4.xml")).tree;
+    let appendix = title4
+        .nodes()
+        .into_iter()
+        .find(|n| n.kind == "appendix")
+        .unwrap();
+    assert_eq!(appendix.citation, "4 CFR part 83, Appendix I");
+    assert!(appendix.content.contains("memorandum of understanding"));
+}
+
+#[test]
+fn us_code_title_21_has_the_counts_of_the_corpora_readme() {
+    let Some(corpora) = corpora() else { return };
+    let path = corpora.join("us-code-title21/usc21.xml");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(detect_format(&path, &bytes).unwrap(), Format::Uslm);
+
+    let started = Instant::now();
+    let ingested = read(&path);
+    eprintln!(
+        "usc21.xml ({} bytes) read in {:?}",
+        bytes.len(),
+        started.elapsed()
+    );
+
+    let tree = &ingested.tree;
+    assert_eq!(tree.root.label, "Title 21—FOOD AND DRUGS");
+    assert_eq!(count(tree, "title"), 1);
+    assert_eq!(count(tree, "chapter"), 31);
+    assert_eq!(count(tree, "subchapter"), 42);
+    assert_eq!(count(tree, "part"), 26);
+    assert_eq!(count(tree, "subpart"), 10);
+    assert_eq!(count(tree, "section"), 757);
+    let inactive = tree
+        .nodes()
+        .into_iter()
+        .filter(|n| n.kind == "section" && !n.is_active())
+        .count();
+    assert_eq!(inactive, 93);
+}
+
+#[test]
+fn us_code_sections_are_cited_and_flattened() {
+    let Some(corpora) = corpora() else { return };
+    let tree = read(&corpora.join("us-code-title21/usc21.xml")).tree;
+
+    let cosmetics = by_citation(&tree, "21 U.S.C. ch. 9, subch. VI");
+    assert_eq!(cosmetics.kind, "subchapter");
+    assert_eq!(cosmetics.children.len(), 14);
+
+    let adulterated = by_citation(&tree, "21 U.S.C. 361");
+    assert_eq!(adulterated.label, "§ 361. Adulterated cosmetics");
+    assert!(
+        adulterated
+            .content
+            .starts_with("A cosmetic shall be deemed to be adulterated—\n(a) If it bears")
+    );
+    assert!(adulterated.content.contains("cosmetic"));
+    assert!(
+        !adulterated.content.contains("Pub. L. 117–328"),
+        "notes and source credit are skipped"
+    );
+    assert!(
+        !adulterated.content.contains("So in original"),
+        "footnotes are skipped"
+    );
+
+    // Subdivisions keep their enumerators and headings, indented by depth.
+    let definitions = by_citation(&tree, "21 U.S.C. 321");
+    assert!(
+        definitions
+            .content
+            .contains("\n(a)\n  (1) The term “State”")
+    );
+    let drugs = by_citation(&tree, "21 U.S.C. 351");
+    assert!(drugs.content.contains(
+        "\n(a) Poisonous, insanitary, etc., ingredients; adequate controls in manufacture.\n  (1) If it consists"
+    ));
+
+    let repealed = by_citation(&tree, "21 U.S.C. 1 to 5");
+    assert_eq!(
+        repealed.status,
+        NodeStatus::Inactive {
+            reason: "repealed".into()
+        }
+    );
+    assert!(repealed.content.is_empty());
+}
+
+#[test]
+fn federal_source_code_policy_pages_make_one_collection() {
+    let Some(corpora) = corpora() else { return };
+    let dir = corpora.join("federal-source-code-policy");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    paths.sort();
+    assert_eq!(paths.len(), 9);
+
+    let ingested = read_files(&paths, None).unwrap();
+    let tree = &ingested.tree;
+    assert_eq!(tree.root.label, "Principles");
+    assert_eq!(tree.root.kind, "collection");
+    // Root, 9 pages, their 9 `##` headings, 19 `###` headings.
+    assert_eq!(depths(tree), vec![1, 9, 9, 19]);
+    assert_eq!(count(tree, "document"), 9);
+    assert_eq!(count(tree, "heading"), 28);
+    assert!(ingested.warnings.is_empty(), "{:?}", ingested.warnings);
+
+    let all_text: String = tree
+        .nodes()
+        .iter()
+        .map(|n| format!("{}\n{}\n", n.label, n.content))
+        .collect();
+    assert!(
+        !all_text.contains("layout: page"),
+        "YAML front matter is dropped"
+    );
+    assert!(
+        !all_text.contains("permalink:"),
+        "YAML front matter is dropped"
+    );
+    let memorandum = by_citation(
+        tree,
+        "introduction > M-16-21<br/>MEMORANDUM FOR THE HEADS OF DEPARTMENTS AND AGENCIES",
+    );
+    assert!(
+        memorandum.content.contains("<h3> FROM: <br/>Tony Scott"),
+        "HTML blocks are kept as text"
+    );
+    assert!(
+        memorandum
+            .content
+            .contains("<sup id=\"fnr1\"><a href=\"#fn1\">1</a></sup>"),
+        "inline HTML is kept"
+    );
+    assert!(
+        memorandum.content.contains("\n\n- The White House:"),
+        "list items"
+    );
+}
+
+#[test]
+fn contributor_covenant_nests_by_heading_level() {
+    let Some(corpora) = corpora() else { return };
+    let ingested = read(&corpora.join("contributor-covenant/code_of_conduct.md"));
+    let tree = &ingested.tree;
+    assert!(ingested.warnings.is_empty(), "{:?}", ingested.warnings);
+    assert_eq!(tree.root.label, "Contributor Covenant Code of Conduct");
+    assert_eq!(depths(tree), vec![1, 7, 4]);
+    let labels: Vec<&str> = tree
+        .root
+        .children
+        .iter()
+        .map(|n| n.label.as_str())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "Our Pledge",
+            "Our Standards",
+            "Enforcement Responsibilities",
+            "Scope",
+            "Enforcement",
+            "Enforcement Guidelines",
+            "Attribution"
+        ]
+    );
+    let warning = by_citation(
+        tree,
+        "Contributor Covenant Code of Conduct > Enforcement Guidelines > 2. Warning",
+    );
+    assert!(
+        warning.content.starts_with("**Community Impact**")
+            || warning.content.starts_with("Community Impact")
+    );
+    assert!(
+        !tree.root.content.contains("version"),
+        "TOML front matter is dropped"
+    );
+    let standards = &tree.root.children[1];
+    assert!(
+        standards.content.contains("\n\n* Demonstrating")
+            || standards.content.contains("\n\n- Demonstrating")
+    );
+}
+
+#[test]
+fn markdown_round_trips_through_seekr_json() {
+    let Some(corpora) = corpora() else { return };
+    let mut documents = vec![corpora.join("contributor-covenant/code_of_conduct.md")];
+    documents.push(corpora.join("federal-source-code-policy/introduction.md"));
+    let (_dir, tables) = temp_file(
+        "tables.md",
+        "# Rules\n\nIntro.\n\n## Fees\n\n| item | fee |\n|---|---|\n| copy | $1 |\n\n\
+         1. first\n2. second\n   - nested\n\n> quoted\n\n```\ncode\n```\n",
+    );
+    documents.push(tables);
+    for path in documents {
+        let original = read(&path).tree;
+        let json = to_seekr_json(&original);
+        let (_dir, json_path) = temp_file("tree.json", serde_json::to_vec_pretty(&json).unwrap());
+        let back = read_file(&json_path, None).unwrap();
+        assert!(back.warnings.is_empty(), "{:?}", back.warnings);
+        assert_eq!(
+            back.tree,
+            original,
+            "{} does not survive the round trip",
+            path.display()
+        );
+        assert_eq!(to_seekr_json(&back.tree), json);
+    }
+}
+
+#[test]
+fn seekr_json_has_exactly_four_keys_and_string_levels() {
+    let (_dir, path) = temp_file("p.md", "# P\n\ntext\n\n## A\n\na\n\n### B\n\nb\n");
+    let json = to_seekr_json(&read(&path).tree);
+    let mut stack = vec![(&json, 0usize)];
+    let mut nodes = 0;
+    while let Some((node, depth)) = stack.pop() {
+        nodes += 1;
+        let object = node.as_object().expect("a node is an object");
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["children", "content", "label", "level"]);
+        assert_eq!(
+            object["level"],
+            serde_json::Value::String(depth.to_string())
+        );
+        assert!(object["label"].is_string() && object["content"].is_string());
+        for child in object["children"].as_array().expect("children is an array") {
+            stack.push((child, depth + 1));
+        }
+    }
+    assert_eq!(nodes, 3);
+}
+
+#[test]
+fn ids_are_stable_across_reads() {
+    let Some(corpora) = corpora() else { return };
+    for path in [
+        corpora.join("contributor-covenant/code_of_conduct.md"),
+        corpora.join("cfr-format-dev/title-3.xml"),
+    ] {
+        let first = read(&path).tree;
+        let second = read(&path).tree;
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        let ids = |t: &PrincipleTree| t.nodes().iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&first), ids(&second));
+        assert!(ids(&first).iter().all(|id| !id.is_empty()));
+    }
+}
+
+#[test]
+fn mixed_formats_join_one_collection() {
+    let Some(corpora) = corpora() else { return };
+    let paths = [
+        corpora.join("contributor-covenant/code_of_conduct.md"),
+        corpora.join("cfr-format-dev/title-3.xml"),
+    ];
+    let tree = read_files(&paths, None).unwrap().tree;
+    let kinds: Vec<&str> = tree.root.children.iter().map(|n| n.kind.as_str()).collect();
+    assert_eq!(kinds, ["document", "title"]);
+    assert_eq!(count(&tree, "section"), 27);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats
+
+#[test]
+fn formats_parse_and_print_by_name() {
+    for format in Format::ALL {
+        assert_eq!(format.to_string().parse::<Format>().unwrap(), format);
+    }
+    assert_eq!("json".parse::<Format>().unwrap(), Format::SeekrJson);
+    assert!(
+        "pdf"
+            .parse::<Format>()
+            .unwrap_err()
+            .to_string()
+            .contains("markdown, json, ecfr, uslm")
+    );
+}
+
+#[test]
+fn formats_are_detected_from_content() {
+    let detect = |name: &str, text: &str| detect_format(Path::new(name), text.as_bytes());
+    assert_eq!(detect("a.txt", "# Title\n").unwrap(), Format::Markdown);
+    assert_eq!(
+        detect("a.md", "<!-- comment -->\n# Title\n").unwrap(),
+        Format::Markdown
+    );
+    assert_eq!(
+        detect("a.md", "[![badge](x)](y)\n# T\n").unwrap(),
+        Format::Markdown
+    );
+    assert_eq!(
+        detect(
+            "a",
+            r#"{"label":"x","content":"","children":[],"level":"0"}"#
+        )
+        .unwrap(),
+        Format::SeekrJson
+    );
+    assert_eq!(
+        detect("a", "  [ {\"label\": \"x\"} ]").unwrap(),
+        Format::SeekrJson
+    );
+    assert_eq!(
+        detect(
+            "a",
+            "<?xml version=\"1.0\"?>\n<uscDoc xmlns=\"http://xml.house.gov/schemas/uslm/1.0\"/>"
+        )
+        .unwrap(),
+        Format::Uslm
+    );
+    assert_eq!(
+        detect("a", "<DLPSTEXTCLASS><HEADER/></DLPSTEXTCLASS>").unwrap(),
+        Format::Ecfr
+    );
+    assert_eq!(detect("a", "<ECFR><DIV1/></ECFR>").unwrap(), Format::Ecfr);
+
+    let unknown = detect("a.xml", "<?xml version=\"1.0\"?><html/>")
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.starts_with("a.xml: unrecognised XML"), "{unknown}");
+    assert!(matches!(
+        detect("a", "\0\x01"),
+        Err(IngestError::Binary { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+#[test]
+fn missing_and_unreadable_paths_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.md");
+    let message = read_file(&missing, None).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!("{}: cannot read", missing.display())),
+        "{message}"
+    );
+
+    let message = read_file(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!("{}: cannot read", dir.path().display())),
+        "{message}"
+    );
+
+    assert!(matches!(read_files(&[], None), Err(IngestError::NoInput)));
+}
+
+#[test]
+fn empty_files_are_errors() {
+    assert!(error_of("empty.md", "", None).ends_with(": empty file"));
+    assert!(error_of("blank.md", " \n\t\n", None).ends_with(": empty file"));
+    assert!(error_of("empty.json", "", Some(Format::SeekrJson)).ends_with(": empty file"));
+}
+
+#[test]
+fn binary_and_invalid_utf8_files_are_errors() {
+    let message = error_of("image.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", None);
+    assert!(message.contains("binary file"), "{message}");
+    let message = error_of("latin1.md", b"# Title\n\ncaf\xe9\n", None);
+    assert!(message.contains(".md:3: invalid UTF-8"), "{message}");
+}
+
+#[test]
+fn markdown_without_headings_is_an_error() {
+    let message = error_of("flat.md", "Just a paragraph.\n\nAnd another.\n", None);
+    assert!(
+        message.ends_with("no headings: a principle document needs at least one heading"),
+        "{message}"
+    );
+    let message = error_of("front.md", "---\ntitle: x\n---\n\ntext\n", None);
+    assert!(message.contains("no headings"), "{message}");
+}
+
+#[test]
+fn an_empty_heading_is_an_error_with_its_line() {
+    let message = error_of("e.md", "# Title\n\ntext\n\n##\n\nmore\n", None);
+    assert!(message.ends_with("e.md:5: empty heading"), "{message}");
+}
+
+#[test]
+fn skipped_heading_levels_are_normalised_with_a_warning() {
+    let (_dir, path) = temp_file(
+        "skip.md",
+        "# Top\n\nintro\n\n### Deep\n\ndeep\n\n## Next\n\nnext\n",
+    );
+    let ingested = read(&path);
+    assert_eq!(
+        ingested.warnings,
+        [format!(
+            "{}:5: heading level jumps from 1 to 3",
+            path.display()
+        )]
+    );
+    let root = &ingested.tree.root;
+    let labels: Vec<&str> = root.children.iter().map(|n| n.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["Deep", "Next"],
+        "the skipped level becomes a child at depth + 1"
+    );
+
+    let (_dir, path) = temp_file("untitled.md", "## A\n\n#### B\n");
+    let ingested = read(&path);
+    assert_eq!(
+        ingested.warnings,
+        [format!(
+            "{}:3: heading level jumps from 2 to 4",
+            path.display()
+        )]
+    );
+    assert_eq!(ingested.tree.root.label, "untitled");
+    assert_eq!(ingested.tree.root.children[0].children[0].label, "B");
+}
+
+#[test]
+fn a_single_enormous_line_is_read_without_trouble() {
+    let mut text = String::from("# Big\n\n");
+    text.push_str(&"word ".repeat(10 * 1024 * 1024)); // 50 MB, no newline
+    let (_dir, path) = temp_file("big.md", &text);
+    let started = Instant::now();
+    let tree = read(&path).tree;
+    eprintln!("50 MB line read in {:?}", started.elapsed());
+    assert_eq!(tree.root.content.len(), 10 * 1024 * 1024 * 5 - 1);
+
+    let message = error_of("big-flat.md", &text[7..], None);
+    assert!(message.contains("no headings"), "{message}");
+}
+
+#[test]
+fn deeply_nested_markdown_is_flattened_not_overflowed() {
+    let quotes = "> ".repeat(5_000);
+    let lists: String = (0..1_000)
+        .map(|depth| format!("{}- item {depth}\n", "  ".repeat(depth)))
+        .collect();
+    let (_dir, path) = temp_file("deep.md", format!("# Deep\n\n{quotes}x\n\n{lists}"));
+    let tree = read(&path).tree;
+    let content = &tree.root.content;
+    assert!(content.contains("> > > x"), "{}", &content[..200]);
+    assert!(content.contains("- item 999"));
+    // Indentation stops growing, so the text stays linear in the input.
+    assert!(content.len() < 100_000, "{} bytes", content.len());
+}
+
+#[test]
+fn malformed_xml_is_an_error_with_its_line() {
+    let uslm = "<?xml version=\"1.0\"?>\n<uscDoc xmlns=\"http://xml.house.gov/schemas/uslm/1.0\">\n<main>\n\
+                <title><num value=\"1\">Title 1</num>\n<section><num>§ 1.</num></sectio>\n</title></main></uscDoc>\n";
+    let message = error_of("t.xml", uslm, None);
+    assert!(message.contains("t.xml:5: malformed XML"), "{message}");
+
+    let unclosed = "<DLPSTEXTCLASS>\n<DIV1 N=\"1\" TYPE=\"TITLE\"><HEAD>T</HEAD>\n<DIV8><P>text\n";
+    let message = error_of("c.xml", unclosed, None);
+    assert!(message.contains("c.xml:4: malformed XML"), "{message}");
+    assert!(message.contains("end of file"), "{message}");
+
+    let bad_attribute = "<DLPSTEXTCLASS>\n\n<DIV1 N=1>\n</DIV1></DLPSTEXTCLASS>";
+    let message = error_of("a.xml", bad_attribute, Some(Format::Ecfr));
+    assert!(message.contains("malformed XML"), "{message}");
+}
+
+#[test]
+fn xml_of_the_wrong_vocabulary_is_an_error() {
+    let message = error_of("x.xml", "<DLPSTEXTCLASS><TEXT/></DLPSTEXTCLASS>", None);
+    assert!(
+        message.ends_with("no eCFR divisions (DIV1 … DIV9) found"),
+        "{message}"
+    );
+    let message = error_of(
+        "y.xml",
+        "<DLPSTEXTCLASS><TEXT/></DLPSTEXTCLASS>",
+        Some(Format::Uslm),
+    );
+    assert!(
+        message.ends_with("no USLM divisions or sections found"),
+        "{message}"
+    );
+}
+
+#[test]
+fn deeply_nested_xml_is_bounded() {
+    let depth = 100_000;
+    // Deep nesting inside a section is flattened.
+    let uslm = format!(
+        "<uscDoc xmlns=\"http://xml.house.gov/schemas/uslm/1.0\"><main><title><num value=\"1\">T</num>\
+         <section><num value=\"1\">§ 1.</num>{}deep{}</section></title></main></uscDoc>",
+        "<paragraph><num>(a)</num><content>x</content>".repeat(depth),
+        "</paragraph>".repeat(depth),
+    );
+    let (_dir, path) = temp_file("deep-uslm.xml", uslm);
+    let tree = read(&path).tree;
+    assert_eq!(count(&tree, "section"), 1);
+
+    // Deeply nested divisions are an error.
+    let ecfr = format!(
+        "<DLPSTEXTCLASS>\n{}\n{}</DLPSTEXTCLASS>",
+        "<DIV5 N=\"1\" TYPE=\"PART\">".repeat(depth),
+        "</DIV5>".repeat(depth)
+    );
+    let message = error_of("deep-ecfr.xml", ecfr, None);
+    assert!(
+        message.contains("deep-ecfr.xml:2: divisions nested deeper than 64 levels"),
+        "{message}"
+    );
+
+    let uslm = format!(
+        "<uscDoc xmlns=\"http://xml.house.gov/schemas/uslm/1.0\"><main>{}{}</main></uscDoc>",
+        "<chapter>".repeat(depth),
+        "</chapter>".repeat(depth)
+    );
+    let message = error_of("deep-chapters.xml", uslm, None);
+    assert!(
+        message.contains("nested deeper than 64 levels"),
+        "{message}"
+    );
+}
+
+#[test]
+fn malformed_json_is_an_error_with_its_line() {
+    let message = error_of(
+        "m.json",
+        "{\n  \"label\": \"x\",\n  \"content\": oops\n}",
+        None,
+    );
+    assert!(message.contains("m.json:3:"), "{message}");
+    assert!(message.contains("malformed JSON"), "{message}");
+    assert!(
+        !message.contains("at line"),
+        "position is not repeated: {message}"
+    );
+}
+
+#[test]
+fn json_trees_with_wrong_types_name_the_json_path() {
+    let node = |label: &str, level: &str| {
+        format!(r#"{{"label":"{label}","content":"","children":[],"level":"{level}"}}"#)
+    };
+    let tree = |children: &[String]| {
+        format!(
+            r#"{{"label":"Root","content":"","children":[{}],"level":"0"}}"#,
+            children.join(",")
+        )
+    };
+    let wrong_level_type = tree(&[
+        node("A", "1"),
+        node("B", "1"),
+        r#"{"label":"C","content":"","children":[],"level":2}"#.to_owned(),
+    ]);
+    let message = error_of("w.json", wrong_level_type, None);
+    assert!(
+        message.ends_with("w.json: $.children[2].level: expected a string, found a number"),
+        "{message}"
+    );
+
+    let missing = tree(&[r#"{"label":"A","children":[],"level":"1"}"#.to_owned()]);
+    assert!(error_of("m.json", missing, None).ends_with("$.children[0]: missing key \"content\""));
+
+    let extra =
+        tree(&[r#"{"label":"A","content":"","children":[],"level":"1","id":"x"}"#.to_owned()]);
+    assert!(error_of("e.json", extra, None).contains("$.children[0]: unexpected key \"id\""));
+
+    let not_array = r#"{"label":"A","content":"","children":{},"level":"0"}"#;
+    assert!(
+        error_of("n.json", not_array, None)
+            .ends_with("$.children: expected an array, found an object")
+    );
+
+    let letters = r#"{"label":"A","content":"","children":[],"level":"zero"}"#;
+    assert!(
+        error_of("l.json", letters, None)
+            .ends_with("$.level: expected a string of digits, found \"zero\"")
+    );
+
+    let empty_label = r#"{"label":" ","content":"","children":[],"level":"0"}"#;
+    assert!(error_of("b.json", empty_label, None).ends_with("$.label: empty label"));
+
+    assert!(
+        error_of("s.json", "\"just a string\"", Some(Format::SeekrJson))
+            .ends_with("$: expected a tree node (an object), found a string")
+    );
+    assert!(error_of("a.json", "[]", None).ends_with("$: empty array: no tree to read"));
+}
+
+#[test]
+fn json_levels_that_disagree_with_depth_are_normalised_with_a_warning() {
+    let text = r#"{"label":"Root","content":"r","level":"0","children":[
+        {"label":"A","content":"a","level":"3","children":[]}]}"#;
+    let (_dir, path) = temp_file("lv.json", text);
+    let ingested = read(&path);
+    assert_eq!(
+        ingested.warnings,
+        [format!(
+            "{}: $.children[0].level: level \"3\" does not match the node's depth 1; using 1",
+            path.display()
+        )]
+    );
+    assert_eq!(to_seekr_json(&ingested.tree)["children"][0]["level"], "1");
+    assert_eq!(ingested.tree.root.children[0].citation, "Root > A");
+}
+
+#[test]
+fn an_array_of_json_trees_is_wrapped_under_one_root() {
+    let text = r#"[{"label":"A","content":"a","children":[],"level":"0"},
+                   {"label":"B","content":"b","children":[],"level":"0"}]"#;
+    let (_dir, path) = temp_file("many.json", text);
+    let ingested = read(&path);
+    assert!(ingested.warnings.is_empty());
+    assert_eq!(ingested.tree.root.label, "many");
+    assert_eq!(ingested.tree.root.children.len(), 2);
+}
+
+#[test]
+fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
+    let depth = 100_000;
+    let mut text = String::new();
+    for _ in 0..depth {
+        text.push_str(r#"{"label":"x","content":"","level":"0","children":["#);
+    }
+    for _ in 0..depth {
+        text.push_str("]}");
+    }
+    let message = error_of("deep.json", &text, None);
+    assert!(message.contains("deep.json:1:"), "{message}");
+    assert!(message.contains("nested too deeply"), "{message}");
+
+    let message = error_of("brackets.json", "[".repeat(depth), Some(Format::SeekrJson));
+    assert!(message.contains("nested too deeply"), "{message}");
+}
