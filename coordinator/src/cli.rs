@@ -52,6 +52,17 @@ enum Command {
     Download(DownloadArgs),
     /// List jobs.
     Jobs(ClientArgs),
+    /// Print a finished job's report readably (from report.json, or from DIR/report.json).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// A report.json, a dataset.parquet with its report.json beside it, or an output directory.
+    path: PathBuf,
+    /// Print the JSON instead.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -258,6 +269,7 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status(args).await,
             Command::Download(args) => download(args).await,
             Command::Jobs(args) => jobs(args).await,
+            Command::Report(args) => report(args),
         }
     });
     match result {
@@ -551,6 +563,26 @@ async fn jobs(args: ClientArgs) -> anyhow::Result<ExitCode> {
             job["progress"].as_f64().unwrap_or(0.0),
             job["created_at"].as_str().unwrap_or_default(),
         )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let path = if args.path.is_dir() {
+        args.path.join("report.json")
+    } else if args.path.extension().is_some_and(|e| e == "parquet") {
+        args.path.with_file_name("report.json")
+    } else {
+        args.path.clone()
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let report: crate::report::JobReport = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a Principia job report", path.display()))?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(stdout, "{}", crate::report::render(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }

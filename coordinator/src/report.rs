@@ -192,3 +192,74 @@ fn ratio(part: u64, whole: u64) -> f64 {
         part as f64 / whole as f64
     }
 }
+
+/// A human-readable rendering of a job report (`principia report`).
+pub fn render(report: &JobReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let percent = |x: f64| format!("{:.1}%", x * 100.0);
+    let _ = writeln!(out, "job {}: {}", report.job_id, report.status);
+    let model = match (&report.model, &report.judge_model) {
+        (Some(m), Some(j)) if m != j => format!(" (model {m}, judge {j})"),
+        (Some(m), _) => format!(" (model {m})"),
+        _ => String::new(),
+    };
+    let _ = writeln!(out, "generator: {}{model}", report.generator);
+    let _ = writeln!(
+        out,
+        "shards: {} total, {} processed, {} reused, {} failed",
+        report.shards.total, report.shards.processed, report.shards.reused, report.shards.failed
+    );
+    let _ = writeln!(
+        out,
+        "items: {} accepted of {} candidates ({} acceptance), {} rejected",
+        report.items.accepted,
+        report.items.candidates,
+        percent(report.items.acceptance_rate),
+        report.items.rejected
+    );
+    for (reason, n) in &report.rejected {
+        let _ = writeln!(out, "  rejected {reason}: {n}");
+    }
+    let _ = writeln!(
+        out,
+        "coverage: {}/{} sections ({}); {} inactive sections left out",
+        report.coverage.covered,
+        report.coverage.total,
+        percent(report.coverage.ratio),
+        report.sections.inactive
+    );
+    for section in report.coverage.uncovered.iter().take(20) {
+        let _ = writeln!(out, "  uncovered {}: {}", section.citation, section.reason);
+    }
+    if report.coverage.uncovered.len() > 20 {
+        let _ = writeln!(out, "  ... and {} more", report.coverage.uncovered.len() - 20);
+    }
+    let types: Vec<String> = report
+        .question_types
+        .iter()
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    let _ = writeln!(out, "question types: {}", types.join(", "));
+    let per_item = |x: u64| {
+        if report.items.accepted == 0 {
+            0.0
+        } else {
+            x as f64 / report.items.accepted as f64
+        }
+    };
+    let _ = writeln!(
+        out,
+        "tokens: {} prompt + {} completion in {} calls ({:.1} calls and {:.0} prompt tokens per accepted item)",
+        report.tokens.prompt_tokens,
+        report.tokens.completion_tokens,
+        report.tokens.calls,
+        per_item(report.tokens.calls),
+        per_item(report.tokens.prompt_tokens)
+    );
+    for failed in &report.failed_shards {
+        let _ = writeln!(out, "failed shard {}: {}", failed.shard_id, failed.reason);
+    }
+    let _ = writeln!(out, "wall time: {:.1} s", report.wall_time_ms as f64 / 1000.0);
+    out
+}

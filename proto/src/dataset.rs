@@ -485,7 +485,7 @@ mod tests {
             verdict: "accept".into(),
             question_type: "definition".into(),
             generator: "extractive".into(),
-            model: (i % 2 == 0).then(|| "m".to_string()),
+            model: i.is_multiple_of(2).then(|| "m".to_string()),
             judge_model: None,
             prompt_version: "extractive-1".into(),
             created_at: 1_700_000_000_000,
