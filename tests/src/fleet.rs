@@ -77,7 +77,12 @@ impl Fleet {
 
     /// Start (or restart) the coordinator and wait until it serves.
     pub fn start_coordinator(&mut self) {
-        let n = self.log_dir.path().read_dir().map(|d| d.count()).unwrap_or(0);
+        let n = self
+            .log_dir
+            .path()
+            .read_dir()
+            .map(|d| d.count())
+            .unwrap_or(0);
         let child = self
             .command(&format!("coordinator-{n}.log"))
             .args(["coordinator", "--listen", &self.listen])
@@ -86,10 +91,18 @@ impl Fleet {
         self.coordinator = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&self.listen).is_err() {
-            if let Some(Some(status)) = self.coordinator.as_mut().map(|c| c.try_wait().ok().flatten()) {
+            if let Some(Some(status)) = self
+                .coordinator
+                .as_mut()
+                .map(|c| c.try_wait().ok().flatten())
+            {
                 panic!("coordinator exited with {status}:\n{}", self.logs());
             }
-            assert!(Instant::now() < deadline, "coordinator did not listen:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "coordinator did not listen:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -105,11 +118,18 @@ impl Fleet {
     pub fn start_worker(&mut self, concurrency: usize) -> usize {
         let index = self.workers.len();
         let mut command = self.command(&format!("worker-{index}.log"));
-        command.args(["worker", "--concurrency", &concurrency.to_string(), "--grace-secs", "30"]);
+        command.args([
+            "worker",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--grace-secs",
+            "30",
+        ]);
         for (key, value) in &self.worker_env {
             command.env(key, value);
         }
-        self.workers.push(Some(command.spawn().expect("worker starts")));
+        self.workers
+            .push(Some(command.spawn().expect("worker starts")));
         index
     }
 
@@ -177,7 +197,10 @@ impl Fleet {
     /// Wait for a terminal status.
     pub fn wait_finished(&self, job: &str, timeout: Duration) -> Value {
         self.wait_for(job, timeout, |s| {
-            matches!(s["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+            matches!(
+                s["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
         })
     }
 
