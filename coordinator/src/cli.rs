@@ -315,15 +315,16 @@ impl LlmArgs {
         else {
             return Ok(None);
         };
-        let Some(model) = self.model.clone() else {
+        let Some(model) = self.model.clone().filter(|m| !m.trim().is_empty()) else {
             bail!("an LLM URL is configured ({url}) but no model: set --model or PRINCIPIA_LLM_MODEL");
         };
         let mut config = LlmConfig::new(url, model);
         config.api_key = self
             .api_key
             .clone()
-            .or_else(|| std::env::var("OPENAI_API_KEY").ok());
-        config.judge_model = self.judge_model.clone();
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok())
+            .filter(|k| !k.trim().is_empty());
+        config.judge_model = self.judge_model.clone().filter(|m| !m.trim().is_empty());
         config.timeout = Duration::from_secs(self.llm_timeout_secs.max(1));
         config.max_retries = self.llm_max_retries;
         config.concurrency = self.llm_concurrency.max(1);
@@ -449,8 +450,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let defaults = JobDefaults {
-        model: args.model,
-        judge_model: args.judge_model,
+        model: args.model.filter(|m| !m.trim().is_empty()),
+        judge_model: args.judge_model.filter(|m| !m.trim().is_empty()),
         shard_token_budget: args.shard_tokens,
         min_items_per_section: args.min_items,
         max_items_per_section: args.max_items,

@@ -71,14 +71,17 @@ impl FleetArgs {
     }
 
     pub async fn store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        match (&self.s3_bucket, &self.data_dir) {
+        // An empty variable counts as unset (as charts and compose files leave them).
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        match (set(&self.s3_bucket), &self.data_dir) {
             (Some(bucket), _) => {
+                let endpoint = set(&self.s3_endpoint);
                 let store = S3Store::new(S3Config {
-                    bucket: bucket.clone(),
-                    endpoint: self.s3_endpoint.clone(),
-                    region: self.s3_region.clone(),
-                    prefix: self.s3_prefix.clone(),
-                    force_path_style: self.s3_endpoint.is_some(),
+                    bucket,
+                    force_path_style: endpoint.is_some(),
+                    endpoint,
+                    region: set(&self.s3_region),
+                    prefix: set(&self.s3_prefix),
                 })
                 .await
                 .context("configuring S3")?;

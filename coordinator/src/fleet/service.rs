@@ -384,13 +384,18 @@ impl Coordinator {
             let mut attempt = 0;
             loop {
                 match self.publisher.publish(shard).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        worker::metrics::SHARDS_PUBLISHED.with_label_values(&["ok"]).inc();
+                        break;
+                    }
                     Err(error) if attempt < 5 => {
+                        worker::metrics::SHARDS_PUBLISHED.with_label_values(&["error"]).inc();
                         attempt += 1;
                         tracing::warn!(%error, attempt, "publishing a shard failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
                     }
                     Err(error) => {
+                        worker::metrics::SHARDS_PUBLISHED.with_label_values(&["error"]).inc();
                         return self
                             .fail(&id, format!("publishing shard {}: {error}", shard.shard_id))
                             .await;
