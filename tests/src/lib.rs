@@ -9,5 +9,5 @@ pub use llm_server::{
     RecordedRequest, RequestKind, RunningServer, ScriptedReply, ServerConfig, ServerStats, spawn,
     try_spawn,
 };
-pub mod principia;
 pub mod fleet;
+pub mod principia;

@@ -1,19 +1,23 @@
 //! Running the `principia` binary from cross-process tests.
 //!
 //! `cargo test --workspace` (and nextest) build every binary of the workspace before running any
-//! test, so the binary sits beside the test executable's `deps/` directory.
+//! test, so the binary sits beside the test executable's `deps/` directory (and beside the
+//! benchmark binaries of this crate).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Path of the built `principia` binary.
 pub fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let binary = profile_dir.join(format!("principia{}", std::env::consts::EXE_SUFFIX));
+    let exe = std::env::current_exe().expect("current executable");
+    let name = format!("principia{}", std::env::consts::EXE_SUFFIX);
+    let dir = exe.parent().expect("executables live in a directory");
+    let binary = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(&name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join(&name));
     assert!(
         binary.exists(),
         "{} not found: build it first (`cargo build -p coordinator`), or run the suite with `cargo test --workspace`",
@@ -25,7 +29,10 @@ pub fn binary() -> PathBuf {
 /// A `principia` command with a quiet, plain log format.
 pub fn command() -> Command {
     let mut command = Command::new(binary());
-    command.env("RUST_LOG", "warn").env_remove("PRINCIPIA_LLM_URL").env_remove("OPENAI_BASE_URL");
+    command
+        .env("RUST_LOG", "warn")
+        .env_remove("PRINCIPIA_LLM_URL")
+        .env_remove("OPENAI_BASE_URL");
     command
 }
 

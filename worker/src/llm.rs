@@ -1,1 +1,811 @@
-//! Placeholder: replaced by the OpenAI-compatible chat client.
+//! Client for any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp,
+//! TGI's OpenAI route).
+//!
+//! [`LlmClient::chat`] posts one request to `{base_url}/chat/completions` and returns the reply's
+//! text, finish reason and token usage. Around that single call it does what every caller would
+//! otherwise repeat: a bound on concurrent requests (a semaphore of [`LlmConfig::concurrency`]
+//! permits, held only while a request is in flight), a per-request timeout, and retries with
+//! exponential backoff and jitter on 429, 408, 5xx, timeouts and connection errors, honouring
+//! `Retry-After` (seconds or an HTTP date) and `retry-after-ms`, capped at
+//! [`LlmConfig::max_retry_delay`]. Other 4xx answers are not retried.
+//!
+//! [`LlmError::is_transient`] tells the shard's fate: retries exhausted is worth another try
+//! later; a rejected request (bad key, unknown model, malformed request) is not.
+//!
+//! The API key is sent as a bearer token and never logged: [`LlmConfig`]'s `Debug` redacts it and
+//! error messages from the server are scrubbed of it.
+//!
+//! Counters for calls, retries, tokens and latency are kept in [`LlmMetrics`], read with
+//! [`LlmClient::metrics`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use proto::TokenUsage;
+use proto::shard::approx_tokens;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+/// Where the LLM server is and how to talk to it.
+#[derive(Clone, PartialEq)]
+pub struct LlmConfig {
+    /// Base URL including the API prefix, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer ...` when set.
+    pub api_key: Option<String>,
+    /// Generator model.
+    pub model: String,
+    /// Judge model; the generator model when unset.
+    pub judge_model: Option<String>,
+    /// Timeout of one HTTP request (connect, send, and read the whole reply).
+    pub timeout: Duration,
+    /// Retries after the first attempt, for retryable failures only.
+    pub max_retries: u32,
+    /// Requests in flight at once through this client.
+    pub concurrency: usize,
+    /// First backoff delay; doubled on every retry, with jitter.
+    pub retry_base_delay: Duration,
+    /// Upper bound of any wait between attempts, including a server's `Retry-After`.
+    pub max_retry_delay: Duration,
+}
+
+impl fmt::Debug for LlmConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("model", &self.model)
+            .field("judge_model", &self.judge_model)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("concurrency", &self.concurrency)
+            .field("retry_base_delay", &self.retry_base_delay)
+            .field("max_retry_delay", &self.max_retry_delay)
+            .finish()
+    }
+}
+
+/// Base URL used when only `OPENAI_API_KEY` is set, as the OpenAI SDKs do.
+pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LlmConfigError {
+    #[error(
+        "no LLM server configured: set PRINCIPIA_LLM_URL (or OPENAI_BASE_URL, or OPENAI_API_KEY for OpenAI)"
+    )]
+    MissingUrl,
+    #[error("no LLM model configured: set PRINCIPIA_LLM_MODEL")]
+    MissingModel,
+    #[error("{name}={value:?} is not a valid {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl LlmConfig {
+    /// A configuration with defaults: 120 s timeout, 5 retries, 8 concurrent requests, backoff
+    /// from 500 ms up to 60 s.
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        LlmConfig {
+            base_url: base_url.into(),
+            api_key: None,
+            model: model.into(),
+            judge_model: None,
+            timeout: Duration::from_secs(120),
+            max_retries: 5,
+            concurrency: 8,
+            retry_base_delay: Duration::from_millis(500),
+            max_retry_delay: Duration::from_secs(60),
+        }
+    }
+
+    /// Read the configuration from the process environment; see [`LlmConfig::from_lookup`].
+    pub fn from_env() -> Result<Self, LlmConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read the configuration through `lookup` (an environment in tests).
+    ///
+    /// - URL: `PRINCIPIA_LLM_URL`, else `OPENAI_BASE_URL`, else [`OPENAI_DEFAULT_BASE_URL`] when
+    ///   `OPENAI_API_KEY` is set.
+    /// - Key: `PRINCIPIA_LLM_API_KEY`, else `OPENAI_API_KEY` (optional: local servers need none).
+    /// - Models: `PRINCIPIA_LLM_MODEL` (required), `PRINCIPIA_LLM_JUDGE_MODEL` (optional).
+    /// - Optional tuning: `PRINCIPIA_LLM_TIMEOUT_SECS`, `PRINCIPIA_LLM_MAX_RETRIES`,
+    ///   `PRINCIPIA_LLM_CONCURRENCY`.
+    ///
+    /// Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, LlmConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let api_key = get("PRINCIPIA_LLM_API_KEY").or_else(|| get("OPENAI_API_KEY"));
+        let base_url = get("PRINCIPIA_LLM_URL")
+            .or_else(|| get("OPENAI_BASE_URL"))
+            .or_else(|| {
+                get("OPENAI_API_KEY")
+                    .is_some()
+                    .then(|| OPENAI_DEFAULT_BASE_URL.to_string())
+            })
+            .ok_or(LlmConfigError::MissingUrl)?;
+        let model = get("PRINCIPIA_LLM_MODEL").ok_or(LlmConfigError::MissingModel)?;
+        let mut config = LlmConfig::new(base_url, model);
+        config.api_key = api_key;
+        config.judge_model = get("PRINCIPIA_LLM_JUDGE_MODEL");
+        let number = |name: &'static str| -> Result<Option<u64>, LlmConfigError> {
+            get(name)
+                .map(|value| {
+                    value
+                        .trim()
+                        .parse::<u64>()
+                        .map_err(|_| LlmConfigError::Invalid {
+                            name,
+                            value,
+                            expected: "non-negative integer",
+                        })
+                })
+                .transpose()
+        };
+        if let Some(secs) = number("PRINCIPIA_LLM_TIMEOUT_SECS")? {
+            config.timeout = Duration::from_secs(secs.max(1));
+        }
+        if let Some(retries) = number("PRINCIPIA_LLM_MAX_RETRIES")? {
+            config.max_retries = u32::try_from(retries).unwrap_or(u32::MAX);
+        }
+        if let Some(concurrency) = number("PRINCIPIA_LLM_CONCURRENCY")? {
+            config.concurrency = usize::try_from(concurrency).unwrap_or(usize::MAX).max(1);
+        }
+        Ok(config)
+    }
+
+    /// The judge model: [`LlmConfig::judge_model`], else the generator model.
+    pub fn effective_judge_model(&self) -> &str {
+        self.judge_model.as_deref().unwrap_or(&self.model)
+    }
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: "system".into(),
+            content: content.into(),
+        }
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: "assistant".into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A structured-output constraint: `{"type":"json_schema","json_schema":{name, schema, strict}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    pub schema: Value,
+    pub strict: bool,
+}
+
+/// A chat-completions request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub response_format: Option<JsonSchemaFormat>,
+}
+
+impl ChatRequest {
+    pub fn new(model: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
+        ChatRequest {
+            model: model.into(),
+            messages,
+            temperature: None,
+            max_tokens: None,
+            response_format: None,
+        }
+    }
+
+    fn body(&self) -> Value {
+        let mut body = serde_json::json!({
+            "model": self.model,
+            "messages": self.messages,
+        });
+        if let Some(t) = self.temperature {
+            body["temperature"] = serde_json::json!(t);
+        }
+        if let Some(m) = self.max_tokens {
+            body["max_tokens"] = serde_json::json!(m);
+        }
+        if let Some(format) = &self.response_format {
+            body["response_format"] = serde_json::json!({
+                "type": "json_schema",
+                "json_schema": {
+                    "name": format.name,
+                    "schema": format.schema,
+                    "strict": format.strict,
+                },
+            });
+        }
+        body
+    }
+
+    /// Estimated prompt tokens, for servers that report no usage.
+    fn estimated_prompt_tokens(&self) -> u64 {
+        self.messages
+            .iter()
+            .map(|m| approx_tokens(&m.content) as u64 + 4)
+            .sum()
+    }
+}
+
+/// A chat-completions reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    /// The first choice's text; empty when the server sent none (null content, refusal).
+    pub content: String,
+    /// `stop`, `length`, `content_filter`, ... as the server sent it.
+    pub finish_reason: Option<String>,
+    /// Tokens of this call (`calls` = 1); estimated when the server reports none.
+    pub usage: TokenUsage,
+    /// Whether `usage` is an estimate.
+    pub usage_estimated: bool,
+    /// The model that answered, as the server reports it (or the requested one).
+    pub model: String,
+    /// HTTP attempts it took (1 when no retry was needed).
+    pub attempts: u32,
+    /// Wall time of the whole call, retries and waits included.
+    pub latency: Duration,
+}
+
+impl ChatResponse {
+    /// Whether the reply was cut off at the token limit.
+    pub fn truncated(&self) -> bool {
+        self.finish_reason.as_deref() == Some("length")
+    }
+}
+
+/// A failed chat call.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// Retryable failures (429, 5xx, timeouts, connection errors) went on after every retry.
+    #[error("LLM server still failing after {attempts} attempts: {last}")]
+    RetriesExhausted { attempts: u32, last: String },
+    /// The server refused the request in a way retrying cannot fix (400, 401, 403, 404, ...).
+    #[error("LLM server rejected the request with HTTP {status}: {message}")]
+    Rejected { status: u16, message: String },
+    /// The client could not be built or the request not formed (bad base URL, ...).
+    #[error("LLM client configuration error: {0}")]
+    Config(String),
+}
+
+impl LlmError {
+    /// Whether a later retry of the whole unit of work may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LlmError::RetriesExhausted { .. })
+    }
+}
+
+/// Counters of a client's traffic, for metrics. Read with [`LlmClient::metrics`].
+#[derive(Debug, Default)]
+pub struct LlmMetrics {
+    calls: AtomicU64,
+    failed_calls: AtomicU64,
+    attempts: AtomicU64,
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    latency_micros: AtomicU64,
+}
+
+/// A point-in-time copy of [`LlmMetrics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LlmMetricsSnapshot {
+    /// Calls that returned a reply.
+    pub calls: u64,
+    /// Calls that ended in an error.
+    pub failed_calls: u64,
+    /// HTTP requests sent (first attempts and retries).
+    pub attempts: u64,
+    /// Retries after a retryable failure.
+    pub retries: u64,
+    /// 429 answers received.
+    pub rate_limited: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Summed wall time of successful calls, in microseconds.
+    pub latency_micros: u64,
+}
+
+impl LlmMetrics {
+    fn snapshot(&self) -> LlmMetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LlmMetricsSnapshot {
+            calls: get(&self.calls),
+            failed_calls: get(&self.failed_calls),
+            attempts: get(&self.attempts),
+            retries: get(&self.retries),
+            rate_limited: get(&self.rate_limited),
+            prompt_tokens: get(&self.prompt_tokens),
+            completion_tokens: get(&self.completion_tokens),
+            latency_micros: get(&self.latency_micros),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// An OpenAI-compatible chat-completions client. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct LlmClient {
+    config: LlmConfig,
+    endpoint: String,
+    http: reqwest::Client,
+    permits: Semaphore,
+    metrics: LlmMetrics,
+}
+
+/// Outcome of one HTTP attempt.
+enum Attempt {
+    Done(ChatResponse),
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    Fail(LlmError),
+}
+
+impl LlmClient {
+    pub fn new(config: LlmConfig) -> Result<Self, LlmError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| LlmError::Config(e.to_string()))?;
+        let endpoint = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        reqwest::Url::parse(&endpoint).map_err(|e| {
+            LlmError::Config(format!("invalid base URL {:?}: {e}", config.base_url))
+        })?;
+        let permits = Semaphore::new(config.concurrency.max(1));
+        Ok(LlmClient {
+            config,
+            endpoint,
+            http,
+            permits,
+            metrics: LlmMetrics::default(),
+        })
+    }
+
+    pub fn config(&self) -> &LlmConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> LlmMetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Send one chat request, retrying retryable failures; see the module docs.
+    pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let started = Instant::now();
+        let body = request.body();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            bump(&self.metrics.attempts, 1);
+            let outcome = {
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| LlmError::Config("client closed".into()))?;
+                self.attempt(&request, &body).await
+            };
+            match outcome {
+                Attempt::Done(mut response) => {
+                    response.attempts = attempts;
+                    response.latency = started.elapsed();
+                    bump(&self.metrics.calls, 1);
+                    bump(&self.metrics.prompt_tokens, response.usage.prompt_tokens);
+                    bump(
+                        &self.metrics.completion_tokens,
+                        response.usage.completion_tokens,
+                    );
+                    bump(
+                        &self.metrics.latency_micros,
+                        u64::try_from(response.latency.as_micros()).unwrap_or(u64::MAX),
+                    );
+                    return Ok(response);
+                }
+                Attempt::Fail(error) => {
+                    bump(&self.metrics.failed_calls, 1);
+                    return Err(error);
+                }
+                Attempt::Retry {
+                    reason,
+                    retry_after,
+                } => {
+                    if attempts > self.config.max_retries {
+                        bump(&self.metrics.failed_calls, 1);
+                        return Err(LlmError::RetriesExhausted {
+                            attempts,
+                            last: reason,
+                        });
+                    }
+                    let delay = retry_after
+                        .unwrap_or_else(|| self.backoff(attempts))
+                        .min(self.config.max_retry_delay);
+                    tracing::debug!(
+                        model = %request.model,
+                        attempt = attempts,
+                        delay_ms = delay.as_millis() as u64,
+                        %reason,
+                        "retrying LLM request"
+                    );
+                    bump(&self.metrics.retries, 1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Exponential backoff with jitter: `base * 2^(attempt-1)`, times a random factor in
+    /// [0.5, 1.0), capped at the configured maximum.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exponential = self
+            .config
+            .retry_base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.config.max_retry_delay);
+        exponential.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+
+    async fn attempt(&self, request: &ChatRequest, body: &Value) -> Attempt {
+        let mut builder = self.http.post(&self.endpoint).json(body);
+        if let Some(key) = &self.config.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        let response = match builder.send().await {
+            Ok(response) => response,
+            Err(error) => return self.transport_error(error),
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers(), SystemTime::now());
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(error) => return self.transport_error(error),
+        };
+        if status.is_success() {
+            return match parse_reply(request, &bytes) {
+                Ok(reply) => Attempt::Done(reply),
+                Err(reason) => Attempt::Retry {
+                    reason,
+                    retry_after: None,
+                },
+            };
+        }
+        let message = self.scrub(&error_message(&bytes));
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            bump(&self.metrics.rate_limited, 1);
+        }
+        if is_retryable(status) {
+            Attempt::Retry {
+                reason: format!("HTTP {}: {message}", status.as_u16()),
+                retry_after,
+            }
+        } else {
+            Attempt::Fail(LlmError::Rejected {
+                status: status.as_u16(),
+                message,
+            })
+        }
+    }
+
+    fn transport_error(&self, error: reqwest::Error) -> Attempt {
+        if error.is_builder() {
+            return Attempt::Fail(LlmError::Config(self.scrub(&error.to_string())));
+        }
+        let kind = if error.is_timeout() {
+            "timed out"
+        } else if error.is_connect() {
+            "connection failed"
+        } else {
+            "transport error"
+        };
+        Attempt::Retry {
+            reason: self.scrub(&format!("{kind}: {error}")),
+            retry_after: None,
+        }
+    }
+
+    /// Remove the API key from text that may echo it.
+    fn scrub(&self, text: &str) -> String {
+        match &self.config.api_key {
+            Some(key) if !key.is_empty() => text.replace(key.as_str(), "[redacted]"),
+            _ => text.to_string(),
+        }
+    }
+}
+
+fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+}
+
+/// The wait a server asks for: `retry-after-ms`, else `Retry-After` in seconds or as an HTTP date
+/// (relative to `now`).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = header("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The `error.message` of an OpenAI-style error body, else the body itself, shortened.
+fn error_message(bytes: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: ErrorDetail,
+    }
+    #[derive(Deserialize)]
+    struct ErrorDetail {
+        message: String,
+    }
+    let text = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => body.error.message,
+        Err(_) => String::from_utf8_lossy(bytes).trim().to_string(),
+    };
+    shorten(&text, 500)
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[derive(Deserialize)]
+struct WireReply {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    message: Option<WireMessage>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// Decode a 2xx body. An undecodable body is retryable (a proxy's error page, a cut connection).
+fn parse_reply(request: &ChatRequest, bytes: &[u8]) -> Result<ChatResponse, String> {
+    let wire: WireReply = serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "undecodable reply ({e}): {}",
+            shorten(&String::from_utf8_lossy(bytes), 200)
+        )
+    })?;
+    let choice = wire
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| "reply has no choices".to_string())?;
+    let content = choice.message.and_then(|m| m.content).unwrap_or_default();
+    let reported = wire
+        .usage
+        .and_then(|u| Some((u.prompt_tokens?, u.completion_tokens?)));
+    let (prompt_tokens, completion_tokens) = reported.unwrap_or_else(|| {
+        (
+            request.estimated_prompt_tokens(),
+            approx_tokens(&content) as u64,
+        )
+    });
+    Ok(ChatResponse {
+        content,
+        finish_reason: choice.finish_reason,
+        usage: TokenUsage {
+            calls: 1,
+            prompt_tokens,
+            completion_tokens,
+        },
+        usage_estimated: reported.is_none(),
+        model: wire.model.unwrap_or_else(|| request.model.clone()),
+        attempts: 1,
+        latency: Duration::ZERO,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+    use std::collections::BTreeMap;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_milliseconds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &later)]), now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &earlier)]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after-ms", "250"), ("retry-after", "9")]),
+                now
+            ),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "-1")]), now), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn config_from_lookup_prefers_principia_variables() {
+        let env: BTreeMap<&str, &str> = [
+            ("PRINCIPIA_LLM_URL", "http://127.0.0.1:8000/v1"),
+            ("OPENAI_BASE_URL", "http://elsewhere/v1"),
+            ("PRINCIPIA_LLM_MODEL", "qwen"),
+            ("OPENAI_API_KEY", "sk-secret"),
+            ("PRINCIPIA_LLM_CONCURRENCY", "3"),
+        ]
+        .into_iter()
+        .collect();
+        let config =
+            LlmConfig::from_lookup(|k| env.get(k).map(|v| v.to_string())).expect("configured");
+        assert_eq!(config.base_url, "http://127.0.0.1:8000/v1");
+        assert_eq!(config.model, "qwen");
+        assert_eq!(config.api_key.as_deref(), Some("sk-secret"));
+        assert_eq!(config.concurrency, 3);
+        assert_eq!(config.effective_judge_model(), "qwen");
+        assert!(!format!("{config:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn config_from_lookup_falls_back_and_reports_what_is_missing() {
+        let openai = |k: &str| match k {
+            "OPENAI_API_KEY" => Some("sk-x".to_string()),
+            "PRINCIPIA_LLM_MODEL" => Some("gpt-4o-mini".to_string()),
+            _ => None,
+        };
+        let config = LlmConfig::from_lookup(openai).unwrap();
+        assert_eq!(config.base_url, OPENAI_DEFAULT_BASE_URL);
+        assert_eq!(
+            LlmConfig::from_lookup(|_| None),
+            Err(LlmConfigError::MissingUrl)
+        );
+        let no_model = |k: &str| (k == "OPENAI_BASE_URL").then(|| "http://h/v1".to_string());
+        assert_eq!(
+            LlmConfig::from_lookup(no_model),
+            Err(LlmConfigError::MissingModel)
+        );
+        let bad = |k: &str| match k {
+            "PRINCIPIA_LLM_URL" => Some("http://h/v1".to_string()),
+            "PRINCIPIA_LLM_MODEL" => Some("m".to_string()),
+            "PRINCIPIA_LLM_MAX_RETRIES" => Some("many".to_string()),
+            _ => None,
+        };
+        assert!(matches!(
+            LlmConfig::from_lookup(bad),
+            Err(LlmConfigError::Invalid {
+                name: "PRINCIPIA_LLM_MAX_RETRIES",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn request_body_carries_the_json_schema_format() {
+        let mut request = ChatRequest::new("m", vec![ChatMessage::user("hi")]);
+        request.temperature = Some(0.0);
+        request.max_tokens = Some(10);
+        request.response_format = Some(JsonSchemaFormat {
+            name: "items".into(),
+            schema: serde_json::json!({"type": "object"}),
+            strict: true,
+        });
+        let body = request.body();
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        assert_eq!(body["response_format"]["json_schema"]["name"], "items");
+        assert_eq!(body["response_format"]["json_schema"]["strict"], true);
+        assert_eq!(body["max_tokens"], 10);
+        assert_eq!(body["messages"][0]["role"], "user");
+    }
+
+    #[test]
+    fn replies_without_usage_get_an_estimate() {
+        let request = ChatRequest::new("m", vec![ChatMessage::user("a".repeat(40))]);
+        let body = br#"{"choices":[{"message":{"role":"assistant","content":"12345678"},"finish_reason":"length"}]}"#;
+        let reply = parse_reply(&request, body).unwrap();
+        assert!(reply.usage_estimated);
+        assert_eq!(reply.usage.prompt_tokens, 14);
+        assert_eq!(reply.usage.completion_tokens, 2);
+        assert!(reply.truncated());
+        assert_eq!(reply.model, "m");
+        let null_content = br#"{"model":"x","choices":[{"message":{"content":null}}],"usage":{"prompt_tokens":3,"completion_tokens":0}}"#;
+        let reply = parse_reply(&request, null_content).unwrap();
+        assert_eq!(reply.content, "");
+        assert!(!reply.usage_estimated);
+        assert!(parse_reply(&request, b"<html>bad gateway</html>").is_err());
+        assert!(parse_reply(&request, br#"{"choices":[]}"#).is_err());
+    }
+}

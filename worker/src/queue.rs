@@ -186,7 +186,9 @@ impl Settle for MemorySettler {
             return Err(QueueError::Settle("delivery already settled".into()));
         };
         let queue = &self.queue;
-        let over_limit = deliveries >= queue.inner.delivery_limit;
+        // Like RabbitMQ's `x-delivery-limit`: a message may be returned `limit` times, so it is
+        // delivered at most `limit + 1` times.
+        let over_limit = deliveries > queue.inner.delivery_limit;
         {
             let mut state = queue.inner.state.lock().expect("queue lock");
             state.unsettled -= 1;
@@ -206,5 +208,71 @@ impl Settle for MemorySettler {
             _ => queue.inner.notify.notify_waiters(),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::{GeneratorKind, GeneratorSpec, JobSpec, ShardSection};
+
+    use super::*;
+
+    fn shard() -> ShardMessage {
+        let spec = JobSpec {
+            instructions: "test".into(),
+            system_prompt: None,
+            generator: GeneratorSpec {
+                kind: GeneratorKind::Extractive,
+                model: None,
+                judge_model: None,
+                temperature: 0.0,
+            },
+            shard_token_budget: 100,
+            min_items_per_section: 1,
+            max_items_per_section: 2,
+        };
+        let section = ShardSection {
+            node_id: "n".into(),
+            citation: "c".into(),
+            section_path: vec!["c".into()],
+            text: "text".into(),
+        };
+        ShardMessage::new("al-1".into(), spec, vec![section])
+    }
+
+    #[tokio::test]
+    async fn requeues_stop_at_the_delivery_limit_like_the_broker() {
+        let queue = MemoryQueue::new(2);
+        queue.publish(&shard()).await.unwrap();
+        let mut consumer = queue.consumer();
+        let mut deliveries = 0;
+        while queue.outstanding() > 0 {
+            let delivery = consumer.next().await.unwrap().unwrap();
+            assert_eq!(delivery.redelivered, deliveries > 0);
+            deliveries += 1;
+            delivery.settler.settle(Disposition::Requeue).await.unwrap();
+        }
+        assert_eq!(deliveries, 3, "limit 2 allows 3 deliveries, as x-delivery-limit does");
+        let dead = queue.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].1.contains("delivery limit"));
+    }
+
+    #[tokio::test]
+    async fn released_deliveries_do_not_count_and_acks_remove() {
+        let queue = MemoryQueue::new(1);
+        queue.publish(&shard()).await.unwrap();
+        let mut consumer = queue.consumer();
+        for _ in 0..5 {
+            let delivery = consumer.next().await.unwrap().unwrap();
+            delivery.settler.settle(Disposition::Release).await.unwrap();
+        }
+        let delivery = consumer.next().await.unwrap().unwrap();
+        delivery.settler.settle(Disposition::Ack).await.unwrap();
+        assert!(delivery.settler.settle(Disposition::Ack).await.is_err(), "settled twice");
+        assert_eq!(queue.outstanding(), 0);
+        assert!(queue.dead_letters().is_empty());
+        queue.close();
+        assert!(consumer.next().await.is_none());
     }
 }
