@@ -13,6 +13,7 @@ use proto::{GeneratorKind, GeneratorSpec, JobSpec};
 use tokio_util::sync::CancellationToken;
 use worker::generate::extractive::ExtractiveGenerator;
 use worker::generate::openai::OpenAiGenerator;
+use worker::limits::{MemoryRateLimiter, RateLimiter, RateLimits, RedisRateLimiter};
 use worker::llm::{LlmClient, LlmConfig};
 use worker::process::Generators;
 
@@ -20,12 +21,16 @@ use crate::embedded::{self, RunError, RunOptions};
 use crate::fleet::api::JobDefaults;
 use crate::fleet::client::Client;
 use crate::fleet::{FleetArgs, run_coordinator, run_worker};
-use crate::progress::{Progress, Totals};
 use crate::ingest::{self, Format};
+use crate::progress::{Progress, Totals};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "principia", version, about = "Align language models to your principles: documents in, grounded fine-tuning data out.")]
+#[command(
+    name = "principia",
+    version,
+    about = "Align language models to your principles: documents in, grounded fine-tuning data out."
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PRINCIPIA_LOG_FORMAT")]
@@ -106,7 +111,11 @@ struct WorkerArgs {
 #[derive(Debug, Args)]
 struct ClientArgs {
     /// The coordinator's URL.
-    #[arg(long, env = "PRINCIPIA_COORDINATOR_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "PRINCIPIA_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     coordinator_url: String,
     /// API key, when the coordinator requires one.
     #[arg(long, env = "PRINCIPIA_API_KEY", hide_env_values = true)]
@@ -235,6 +244,20 @@ pub struct LlmArgs {
     /// Retries of a failed LLM request (429, 5xx, timeouts).
     #[arg(long, default_value_t = 5, env = "PRINCIPIA_LLM_MAX_RETRIES")]
     llm_max_retries: u32,
+    /// Requests per minute to the LLM endpoint, shared by every worker of the fleet (unlimited).
+    #[arg(long, env = "PRINCIPIA_LLM_RPM")]
+    llm_requests_per_minute: Option<u64>,
+    /// Tokens per minute to the LLM endpoint, shared by every worker of the fleet (unlimited).
+    #[arg(long, env = "PRINCIPIA_LLM_TPM")]
+    llm_tokens_per_minute: Option<u64>,
+    /// Length of the rate-limit window in milliseconds (a minute; shorter only for tests).
+    #[arg(
+        long,
+        env = "PRINCIPIA_LLM_RATE_WINDOW_MS",
+        default_value_t = 60_000,
+        hide = true
+    )]
+    llm_rate_window_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -316,7 +339,9 @@ impl LlmArgs {
             return Ok(None);
         };
         let Some(model) = self.model.clone().filter(|m| !m.trim().is_empty()) else {
-            bail!("an LLM URL is configured ({url}) but no model: set --model or PRINCIPIA_LLM_MODEL");
+            bail!(
+                "an LLM URL is configured ({url}) but no model: set --model or PRINCIPIA_LLM_MODEL"
+            );
         };
         let mut config = LlmConfig::new(url, model);
         config.api_key = self
@@ -331,12 +356,29 @@ impl LlmArgs {
         Ok(Some(config))
     }
 
-    /// The generators this process can run.
-    pub fn generators(&self) -> anyhow::Result<Generators> {
+    fn limits(&self) -> RateLimits {
+        RateLimits {
+            requests_per_minute: self.llm_requests_per_minute,
+            tokens_per_minute: self.llm_tokens_per_minute,
+        }
+    }
+
+    fn rate_window(&self) -> Duration {
+        Duration::from_millis(self.llm_rate_window_ms.max(1))
+    }
+
+    /// The generators this process can run; LLM requests go through `limiter` when limits are set.
+    pub fn generators(&self, limiter: Option<Arc<dyn RateLimiter>>) -> anyhow::Result<Generators> {
         let openai = match self.config()? {
             Some(config) => {
-                let client = Arc::new(LlmClient::new(config).context("configuring the LLM client")?);
-                Some(Arc::new(OpenAiGenerator::new(client)) as _)
+                let mut client = LlmClient::new(config).context("configuring the LLM client")?;
+                let limits = self.limits();
+                if limits != RateLimits::default()
+                    && let Some(limiter) = limiter
+                {
+                    client = client.with_rate_limiter(limiter, limits);
+                }
+                Some(Arc::new(OpenAiGenerator::new(Arc::new(client))) as _)
             }
             None => None,
         };
@@ -353,13 +395,19 @@ impl JobArgs {
             bail!("--instructions must not be empty");
         }
         if self.min_items > self.max_items {
-            bail!("--min-items ({}) exceeds --max-items ({})", self.min_items, self.max_items);
+            bail!(
+                "--min-items ({}) exceeds --max-items ({})",
+                self.min_items,
+                self.max_items
+            );
         }
         let config = self.llm.config()?;
         let kind = match (self.generator, &config) {
             (Some(GeneratorChoice::Extractive), _) | (None, None) => GeneratorKind::Extractive,
             (Some(GeneratorChoice::Openai), None) => {
-                bail!("--generator openai needs an LLM URL: set --llm-url or PRINCIPIA_LLM_URL (or OPENAI_BASE_URL)")
+                bail!(
+                    "--generator openai needs an LLM URL: set --llm-url or PRINCIPIA_LLM_URL (or OPENAI_BASE_URL)"
+                )
             }
             (Some(GeneratorChoice::Openai), Some(_)) | (None, Some(_)) => GeneratorKind::Openai,
         };
@@ -374,7 +422,11 @@ impl JobArgs {
                 kind,
                 model,
                 judge_model,
-                temperature: if kind == GeneratorKind::Openai { self.temperature } else { 0.0 },
+                temperature: if kind == GeneratorKind::Openai {
+                    self.temperature
+                } else {
+                    0.0
+                },
             },
             shard_token_budget: self.shard_tokens,
             min_items_per_section: self.min_items,
@@ -391,8 +443,9 @@ fn cancel_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -410,7 +463,8 @@ fn cancel_on_signal() -> CancellationToken {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let spec = args.job.spec()?;
-    let generators = args.job.llm.generators()?;
+    let limiter = MemoryRateLimiter::with_window(args.job.llm.rate_window());
+    let generators = args.job.llm.generators(Some(Arc::new(limiter)))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let options = RunOptions {
@@ -461,7 +515,12 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let generators = args.llm.generators()?;
+    let connection = worker::limits::connect_redis(&args.fleet.redis_url, Duration::from_secs(10))
+        .await
+        .context("connecting to Redis")?;
+    let limiter = RedisRateLimiter::new(connection, args.fleet.redis_namespace.clone())
+        .with_window(args.llm.rate_window());
+    let generators = args.llm.generators(Some(Arc::new(limiter)))?;
     run_worker(
         &args.fleet,
         args.concurrency,
@@ -543,12 +602,20 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let job = args.client.client()?.job(&args.job).await?;
-    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&job)?)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&job)?
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
-    let bytes = args.client.client()?.download(&args.job, &args.output).await?;
+    let bytes = args
+        .client
+        .client()?
+        .download(&args.job, &args.output)
+        .await?;
     tracing::info!(bytes, output = %args.output.display(), "dataset downloaded");
     Ok(ExitCode::SUCCESS)
 }

@@ -47,7 +47,9 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Merge(#[from] MergeError),
-    #[error("interrupted: {done} of {total} shards are finished and kept; run the same command again to continue")]
+    #[error(
+        "interrupted: {done} of {total} shards are finished and kept; run the same command again to continue"
+    )]
     Interrupted { done: u64, total: u64 },
     #[error("{} shard(s) failed (first: {}); finished shards are kept, see {report}", failed.len(), failed[0].reason)]
     ShardsFailed {
@@ -68,7 +70,10 @@ pub struct RunOutput {
 pub fn job_id(spec: &JobSpec, tree: &PrincipleTree) -> String {
     format!(
         "al-{}",
-        digest(&[spec.fingerprint().as_bytes(), tree.fingerprint().as_bytes()], 20)
+        digest(
+            &[spec.fingerprint().as_bytes(), tree.fingerprint().as_bytes()],
+            20
+        )
     )
 }
 

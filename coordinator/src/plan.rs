@@ -139,7 +139,9 @@ mod tests {
     fn tree(seed: u64, nodes: usize) -> PrincipleTree {
         let mut state = seed;
         let mut next = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as usize
         };
         let mut root = PrincipleNode::new("Root", "document");
@@ -181,7 +183,11 @@ mod tests {
                         *seen.entry(section.node_id.clone()).or_default() += 1;
                     }
                 }
-                let units: Vec<_> = tree.generation_units().iter().map(|n| n.id.clone()).collect();
+                let units: Vec<_> = tree
+                    .generation_units()
+                    .iter()
+                    .map(|n| n.id.clone())
+                    .collect();
                 assert_eq!(seen.len(), units.len(), "seed {seed} budget {budget}");
                 assert!(units.iter().all(|id| seen.get(id) == Some(&1)));
             }
@@ -191,11 +197,17 @@ mod tests {
     #[test]
     fn section_paths_run_from_the_root_to_the_section() {
         let tree = tree(7, 60);
-        let labels: HashMap<&str, &str> =
-            tree.nodes().iter().map(|n| (n.id.as_str(), n.label.as_str())).collect();
+        let labels: HashMap<&str, &str> = tree
+            .nodes()
+            .iter()
+            .map(|n| (n.id.as_str(), n.label.as_str()))
+            .collect();
         for shard in plan_shards(&tree, "al-test", &spec(300)) {
             for section in shard.sections {
-                assert_eq!(section.section_path.first().map(String::as_str), Some("Root"));
+                assert_eq!(
+                    section.section_path.first().map(String::as_str),
+                    Some("Root")
+                );
                 assert_eq!(
                     section.section_path.last().map(String::as_str),
                     labels.get(section.node_id.as_str()).copied()
@@ -225,7 +237,10 @@ mod tests {
         edit(&mut edited.root, &target);
         edited.assign_ids();
         let after = plan_shards(&edited, "al-1", &spec(500));
-        let changed: Vec<_> = ids(&after).into_iter().filter(|id| !ids(&first).contains(id)).collect();
+        let changed: Vec<_> = ids(&after)
+            .into_iter()
+            .filter(|id| !ids(&first).contains(id))
+            .collect();
         assert_eq!(changed.len(), 1, "{changed:?}");
     }
 

@@ -29,7 +29,9 @@ impl Totals {
                 self.tokens += report.usage.total();
             }
             ShardEvent::Duplicate { .. } => self.shards_done += 1,
-            ShardEvent::Failed { requeued: false, .. } => self.failed += 1,
+            ShardEvent::Failed {
+                requeued: false, ..
+            } => self.failed += 1,
             ShardEvent::Failed { requeued: true, .. } => {}
         }
     }

@@ -115,14 +115,21 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
     let mut accepted_per_node: HashMap<&str, u64> = HashMap::new();
     let mut question_types: BTreeMap<String, u64> = BTreeMap::new();
     for record in input.records {
-        *accepted_per_node.entry(record.node_id.as_str()).or_default() += 1;
-        *question_types.entry(record.question_type.clone()).or_default() += 1;
+        *accepted_per_node
+            .entry(record.node_id.as_str())
+            .or_default() += 1;
+        *question_types
+            .entry(record.question_type.clone())
+            .or_default() += 1;
     }
     let minimum = u64::from(input.min_items_per_section.max(1));
     let uncovered: Vec<UncoveredSection> = units
         .iter()
         .filter_map(|unit| {
-            let got = accepted_per_node.get(unit.id.as_str()).copied().unwrap_or(0);
+            let got = accepted_per_node
+                .get(unit.id.as_str())
+                .copied()
+                .unwrap_or(0);
             if got >= minimum {
                 return None;
             }
@@ -233,7 +240,11 @@ pub fn render(report: &JobReport) -> String {
         let _ = writeln!(out, "  uncovered {}: {}", section.citation, section.reason);
     }
     if report.coverage.uncovered.len() > 20 {
-        let _ = writeln!(out, "  ... and {} more", report.coverage.uncovered.len() - 20);
+        let _ = writeln!(
+            out,
+            "  ... and {} more",
+            report.coverage.uncovered.len() - 20
+        );
     }
     let types: Vec<String> = report
         .question_types
@@ -260,6 +271,10 @@ pub fn render(report: &JobReport) -> String {
     for failed in &report.failed_shards {
         let _ = writeln!(out, "failed shard {}: {}", failed.shard_id, failed.reason);
     }
-    let _ = writeln!(out, "wall time: {:.1} s", report.wall_time_ms as f64 / 1000.0);
+    let _ = writeln!(
+        out,
+        "wall time: {:.1} s",
+        report.wall_time_ms as f64 / 1000.0
+    );
     out
 }

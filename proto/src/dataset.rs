@@ -146,7 +146,11 @@ pub fn schema() -> SchemaRef {
         Field::new("section_path", list_of(DataType::Utf8), false),
         utf8("question"),
         utf8("answer"),
-        Field::new("messages", list_of(DataType::Struct(message_fields())), false),
+        Field::new(
+            "messages",
+            list_of(DataType::Struct(message_fields())),
+            false,
+        ),
         Field::new("evidence", list_of(DataType::Utf8), false),
         Field::new(
             "evidence_spans",
@@ -183,7 +187,11 @@ fn list(item: DataType, lengths: Vec<usize>, values: ArrayRef) -> ArrayRef {
 
 fn string_list(records: &[Record], get: impl Fn(&Record) -> &Vec<String>) -> ArrayRef {
     let lengths = records.iter().map(|r| get(r).len()).collect();
-    let values = strings(records.iter().flat_map(|r| get(r).iter().map(String::as_str)));
+    let values = strings(
+        records
+            .iter()
+            .flat_map(|r| get(r).iter().map(String::as_str)),
+    );
     list(DataType::Utf8, lengths, values)
 }
 
@@ -205,7 +213,9 @@ pub fn to_batch(records: &[Record]) -> Result<RecordBatch, DatasetError> {
         span_fields(),
         vec![
             strings(spans.clone().map(|s| s.node_id.as_str())),
-            Arc::new(UInt64Array::from_iter_values(spans.clone().map(|s| s.start))),
+            Arc::new(UInt64Array::from_iter_values(
+                spans.clone().map(|s| s.start),
+            )),
             Arc::new(UInt64Array::from_iter_values(spans.map(|s| s.end))),
         ],
         None,
@@ -249,7 +259,10 @@ pub fn to_batch(records: &[Record]) -> Result<RecordBatch, DatasetError> {
         text(|r| &r.question_type),
         text(|r| &r.generator),
         Arc::new(StringArray::from(
-            records.iter().map(|r| r.model.as_deref()).collect::<Vec<_>>(),
+            records
+                .iter()
+                .map(|r| r.model.as_deref())
+                .collect::<Vec<_>>(),
         )),
         Arc::new(StringArray::from(
             records
@@ -446,7 +459,6 @@ pub fn parquet_row_count(bytes: Bytes) -> Result<i64, DatasetError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
     Ok(builder.metadata().file_metadata().num_rows())
 }
-
 
 #[cfg(test)]
 mod tests {

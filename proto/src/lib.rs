@@ -17,5 +17,5 @@ pub use dataset::{DatasetError, EvidenceSpan, Message, Record, Score};
 pub use events::ShardEvent;
 pub use job::{GeneratorKind, GeneratorSpec, JobSpec};
 pub use report::{RejectReason, ShardReport, TokenUsage, UncoveredSection};
-pub use shard::{ShardMessage, ShardSection, SHARD_MESSAGE_VERSION};
+pub use shard::{SHARD_MESSAGE_VERSION, ShardMessage, ShardSection};
 pub use tree::{NodeStatus, PrincipleNode, PrincipleTree};

@@ -127,11 +127,7 @@ impl PrincipleTree {
 
     /// Digest of the whole tree (ids cover labels and text, so this covers the content).
     pub fn fingerprint(&self) -> String {
-        let ids: Vec<&[u8]> = self
-            .nodes()
-            .into_iter()
-            .map(|n| n.id.as_bytes())
-            .collect();
+        let ids: Vec<&[u8]> = self.nodes().into_iter().map(|n| n.id.as_bytes()).collect();
         digest(&ids, 32)
     }
 }

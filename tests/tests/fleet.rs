@@ -47,7 +47,10 @@ async fn a_job_over_two_workers_equals_the_embedded_run_row_for_row() {
     fleet.start_coordinator();
     fleet.start_worker(2);
     fleet.start_worker(2);
-    let job = fleet.submit(&[&example()], &["--instructions", INSTRUCTIONS, "--shard-tokens", "300"]);
+    let job = fleet.submit(
+        &[&example()],
+        &["--instructions", INSTRUCTIONS, "--shard-tokens", "300"],
+    );
     assert!(job.starts_with("al-"), "{job}");
     let status = fleet.wait_finished(&job, Duration::from_secs(60));
     assert_eq!(status["status"], "completed", "{status:#}");
@@ -61,17 +64,39 @@ async fn a_job_over_two_workers_equals_the_embedded_run_row_for_row() {
         principia::command()
             .arg("run")
             .arg(example())
-            .args(["--instructions", INSTRUCTIONS, "--shard-tokens", "300", "--out"])
+            .args([
+                "--instructions",
+                INSTRUCTIONS,
+                "--shard-tokens",
+                "300",
+                "--out",
+            ])
             .arg(dir.path().join("embedded")),
     );
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let embedded = read_records(&dir.path().join("embedded/dataset.parquet"));
-    let ids = |records: &[Record]| records.iter().map(|r| r.record_id.clone()).collect::<Vec<_>>();
+    let ids = |records: &[Record]| {
+        records
+            .iter()
+            .map(|r| r.record_id.clone())
+            .collect::<Vec<_>>()
+    };
     assert!(!embedded.is_empty());
-    assert_eq!(ids(&fleet_records), ids(&embedded), "same rows, same order, same ids");
+    assert_eq!(
+        ids(&fleet_records),
+        ids(&embedded),
+        "same rows, same order, same ids"
+    );
 
     let listed = fleet.cli(&["jobs"]);
-    assert!(listed.contains(&job) && listed.contains("completed"), "{listed}");
+    assert!(
+        listed.contains(&job) && listed.contains("completed"),
+        "{listed}"
+    );
     let queue = fleet.queue.clone();
     drop(fleet);
     delete_topology(&queue).await;
@@ -86,14 +111,27 @@ async fn a_worker_killed_mid_shard_loses_nothing_and_duplicates_nothing() {
     })
     .await;
     let mut fleet = Fleet::new("sigkill");
-    fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
-    fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
     fleet.start_coordinator();
     let victim = fleet.start_worker(2);
     fleet.start_worker(2);
     let job = fleet.submit(
         &[&example()],
-        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "test-model", "--shard-tokens", "250"],
+        &[
+            "--instructions",
+            INSTRUCTIONS,
+            "--generator",
+            "openai",
+            "--model",
+            "test-model",
+            "--shard-tokens",
+            "250",
+        ],
     );
     // Kill one worker as soon as the first shards are done, while it holds others.
     fleet.wait_for(&job, Duration::from_secs(60), |s| {
@@ -123,21 +161,39 @@ async fn sigterm_drains_the_shards_in_progress_and_exits_cleanly() {
     })
     .await;
     let mut fleet = Fleet::new("sigterm");
-    fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
-    fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
     fleet.start_coordinator();
     let draining = fleet.start_worker(2);
     let job = fleet.submit(
         &[&example()],
-        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "test-model", "--shard-tokens", "250"],
+        &[
+            "--instructions",
+            INSTRUCTIONS,
+            "--generator",
+            "openai",
+            "--model",
+            "test-model",
+            "--shard-tokens",
+            "250",
+        ],
     );
     // Wait until the worker is busy with LLM calls, then ask it to stop.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while llm.requests() == 0 {
-        assert!(std::time::Instant::now() < deadline, "no LLM request arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no LLM request arrived"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let before = fleet.status(&job)["principia"]["shards_done"].as_u64().unwrap_or(0);
+    let before = fleet.status(&job)["principia"]["shards_done"]
+        .as_u64()
+        .unwrap_or(0);
     let code = fleet.signal_worker(draining, "TERM");
     assert_eq!(code, Some(0), "a draining worker exits 0\n{}", fleet.logs());
     // The shards it held were finished (their parts written) before it exited.
@@ -162,7 +218,14 @@ async fn a_shard_no_worker_can_process_is_dead_lettered_and_the_job_says_why() {
     fleet.start_worker(1);
     let job = fleet.submit(
         &[&example()],
-        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "absent-model"],
+        &[
+            "--instructions",
+            INSTRUCTIONS,
+            "--generator",
+            "openai",
+            "--model",
+            "absent-model",
+        ],
     );
     let status = fleet.wait_finished(&job, Duration::from_secs(60));
     assert_eq!(status["status"], "failed", "{status:#}");
@@ -171,7 +234,10 @@ async fn a_shard_no_worker_can_process_is_dead_lettered_and_the_job_says_why() {
     let mut config = AmqpConfig::new(tests::moto::AMQP_URL);
     config.queue = fleet.queue.clone();
     let admin = AmqpAdmin::connect(config).await.unwrap();
-    assert!(admin.dead_letter_depth().await.unwrap() >= 1, "the shard is in the dead-letter queue");
+    assert!(
+        admin.dead_letter_depth().await.unwrap() >= 1,
+        "the shard is in the dead-letter queue"
+    );
     let _ = admin.delete_topology().await;
     admin.close().await;
 }
@@ -187,19 +253,34 @@ async fn rate_limits_and_server_errors_from_the_llm_are_retried_through() {
     })
     .await;
     let mut fleet = Fleet::new("faults");
-    fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
-    fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
     fleet.start_coordinator();
     fleet.start_worker(2);
     let job = fleet.submit(
         &[&example()],
-        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "test-model"],
+        &[
+            "--instructions",
+            INSTRUCTIONS,
+            "--generator",
+            "openai",
+            "--model",
+            "test-model",
+        ],
     );
     let status = fleet.wait_finished(&job, Duration::from_secs(120));
     assert_eq!(status["status"], "completed", "{status:#}");
     let records = download(&fleet, &job, dir.path());
     assert!(!records.is_empty());
-    assert!(records.iter().all(|r| r.model.as_deref() == Some("test-model")));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.model.as_deref() == Some("test-model"))
+    );
     assert!(llm.requests() > 5, "the failed requests were retried");
     let queue = fleet.queue.clone();
     drop(fleet);
@@ -216,13 +297,26 @@ async fn a_coordinator_restarted_mid_job_carries_on() {
     })
     .await;
     let mut fleet = Fleet::new("restart");
-    fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
-    fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_MODEL".into(), "test-model".into());
     fleet.start_coordinator();
     fleet.start_worker(2);
     let job = fleet.submit(
         &[&example()],
-        &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "test-model", "--shard-tokens", "250"],
+        &[
+            "--instructions",
+            INSTRUCTIONS,
+            "--generator",
+            "openai",
+            "--model",
+            "test-model",
+            "--shard-tokens",
+            "250",
+        ],
     );
     fleet.wait_for(&job, Duration::from_secs(60), |s| s["status"] == "running");
     fleet.kill_coordinator();
@@ -233,6 +327,54 @@ async fn a_coordinator_restarted_mid_job_carries_on() {
     let records = download(&fleet, &job, dir.path());
     let ids: HashSet<_> = records.iter().map(|r| r.record_id.clone()).collect();
     assert_eq!(ids.len(), records.len());
+    let queue = fleet.queue.clone();
+    drop(fleet);
+    delete_topology(&queue).await;
+    llm.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_llm_rate_limit_holds_across_workers() {
+    let llm = spawn(ServerConfig::default()).await;
+    let mut fleet = Fleet::new("ratelimit");
+    for (key, value) in [
+        ("PRINCIPIA_LLM_URL", llm.url.as_str()),
+        ("PRINCIPIA_LLM_MODEL", "test-model"),
+        // 5 requests per 1-second window for the whole fleet.
+        ("PRINCIPIA_LLM_RPM", "5"),
+        ("PRINCIPIA_LLM_RATE_WINDOW_MS", "1000"),
+    ] {
+        fleet.worker_env.insert(key.into(), value.into());
+    }
+    fleet.start_coordinator();
+    fleet.start_worker(4);
+    fleet.start_worker(4);
+    let started = std::time::Instant::now();
+    let job = fleet.submit(
+        &[&example()],
+        &[
+            "--instructions",
+            INSTRUCTIONS,
+            "--generator",
+            "openai",
+            "--model",
+            "test-model",
+            "--shard-tokens",
+            "250",
+        ],
+    );
+    let status = fleet.wait_finished(&job, Duration::from_secs(120));
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(status["status"], "completed", "{status:#}");
+    let calls = llm.requests();
+    assert!(calls >= 20, "{calls} calls");
+    // Two workers with 8 shards in flight would send every call within a second or so; the
+    // shared limit spreads them over at least calls/5 windows.
+    let windows = (calls as f64 / 5.0).ceil() - 1.0;
+    assert!(
+        elapsed >= windows,
+        "{calls} calls in {elapsed:.1} s: the fleet exceeded 5 requests per second"
+    );
     let queue = fleet.queue.clone();
     drop(fleet);
     delete_topology(&queue).await;

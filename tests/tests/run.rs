@@ -31,7 +31,12 @@ fn run_extractive(input: &Path, out: &Path) -> std::process::Output {
         principia::command()
             .arg("run")
             .arg(input)
-            .args(["--instructions", INSTRUCTIONS, "--system-prompt", "You are Harbor's lending assistant."])
+            .args([
+                "--instructions",
+                INSTRUCTIONS,
+                "--system-prompt",
+                "You are Harbor's lending assistant.",
+            ])
             .arg("--out")
             .arg(out),
     )
@@ -87,13 +92,23 @@ fn extractive_run_writes_a_grounded_dataset_and_resumes_without_redoing_work() {
     assert_eq!(report["items"]["accepted"], records.len() as u64);
     let candidates = report["items"]["candidates"].as_u64().unwrap();
     let rejected = report["items"]["rejected"].as_u64().unwrap();
-    assert_eq!(candidates, records.len() as u64 + rejected, "every candidate is accounted for");
-    let reasons: u64 = report["rejected"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(
+        candidates,
+        records.len() as u64 + rejected,
+        "every candidate is accounted for"
+    );
+    let reasons: u64 = report["rejected"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(reasons, rejected);
     let coverage = &report["coverage"];
     assert_eq!(
         coverage["total"].as_u64().unwrap(),
-        coverage["covered"].as_u64().unwrap() + coverage["uncovered"].as_array().unwrap().len() as u64
+        coverage["covered"].as_u64().unwrap()
+            + coverage["uncovered"].as_array().unwrap().len() as u64
     );
     assert!(coverage["covered"].as_u64().unwrap() >= 14);
 
@@ -132,7 +147,11 @@ fn convert_writes_seekrflow_json_with_exactly_four_keys() {
             .arg("-o")
             .arg(&tree_path),
     );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let tree: Value = serde_json::from_slice(&std::fs::read(&tree_path).unwrap()).unwrap();
     fn check(node: &Value, depth: usize, count: &mut usize) {
         let keys: Vec<_> = node.as_object().unwrap().keys().cloned().collect();
@@ -159,8 +178,14 @@ fn bad_input_gives_a_one_line_error_naming_the_file() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty.md", Vec::new()),
         ("binary.md", vec![0, 159, 146, 150, 0, 1, 2]),
-        ("broken.xml", b"<uscDoc xmlns=\"http://xml.house.gov/schemas/uslm/1.0\"><main><title>".to_vec()),
-        ("broken.json", b"{\"label\": \"x\", \"content\": 3, \"children\": [], \"level\": \"0\"}".to_vec()),
+        (
+            "broken.xml",
+            b"<uscDoc xmlns=\"http://xml.house.gov/schemas/uslm/1.0\"><main><title>".to_vec(),
+        ),
+        (
+            "broken.json",
+            b"{\"label\": \"x\", \"content\": 3, \"children\": [], \"level\": \"0\"}".to_vec(),
+        ),
     ];
     for (name, bytes) in cases {
         let path = dir.path().join(name);

@@ -4,13 +4,13 @@
 //! sections, writes each shard's rows as one Parquet part to an [`store::ObjectStore`] with a
 //! create-only put, and only then acknowledges the message.
 
+pub mod amqp;
 pub mod generate;
+pub mod limits;
 pub mod llm;
 pub mod metrics;
-pub mod queue;
-pub mod store;
 pub mod pool;
 pub mod process;
-pub mod amqp;
-pub mod limits;
+pub mod queue;
 pub mod s3;
+pub mod store;

@@ -19,6 +19,7 @@
 //! [`LlmClient::metrics`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +30,9 @@ use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
+
+use crate::limits::{RateLimiter, RateLimits};
+use crate::metrics;
 
 /// Where the LLM server is and how to talk to it.
 #[derive(Clone, PartialEq)]
@@ -360,13 +364,26 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 /// An OpenAI-compatible chat-completions client. Cheap to share behind an `Arc`.
-#[derive(Debug)]
 pub struct LlmClient {
     config: LlmConfig,
     endpoint: String,
     http: reqwest::Client,
     permits: Semaphore,
     metrics: LlmMetrics,
+    /// Fleet-wide (Redis) or process-wide limits of the endpoint, when configured.
+    limiter: Option<(Arc<dyn RateLimiter>, RateLimits)>,
+}
+
+impl std::fmt::Debug for LlmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmClient")
+            .field("config", &self.config)
+            .field(
+                "rate_limited",
+                &self.limiter.as_ref().map(|(_, limits)| limits),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// Outcome of one HTTP attempt.
@@ -396,7 +413,32 @@ impl LlmClient {
             http,
             permits,
             metrics: LlmMetrics::default(),
+            limiter: None,
         })
+    }
+
+    /// Hold every request to `limits` through `limiter` (shared by all workers when it is the
+    /// Redis limiter), keyed by the endpoint URL.
+    pub fn with_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>, limits: RateLimits) -> Self {
+        self.limiter = Some((limiter, limits));
+        self
+    }
+
+    /// Wait for the rate limiter, if any. A limiter that cannot be reached is logged and
+    /// bypassed: the provider's own 429s still bound the rate.
+    async fn wait_for_rate_limit(&self, body: &Value, request: &ChatRequest) {
+        let Some((limiter, limits)) = &self.limiter else {
+            return;
+        };
+        let estimate =
+            (body.to_string().len() / 4) as u64 + u64::from(request.max_tokens.unwrap_or(0));
+        match limiter
+            .acquire(&self.config.base_url, *limits, estimate)
+            .await
+        {
+            Ok(waited) => metrics::LLM_RATE_LIMIT_WAIT.observe(waited.as_secs_f64()),
+            Err(error) => tracing::warn!(%error, "rate limiter unavailable; sending without it"),
+        }
     }
 
     pub fn config(&self) -> &LlmConfig {
@@ -415,6 +457,7 @@ impl LlmClient {
         loop {
             attempts += 1;
             bump(&self.metrics.attempts, 1);
+            self.wait_for_rate_limit(&body, &request).await;
             let outcome = {
                 let _permit = self
                     .permits
@@ -428,6 +471,12 @@ impl LlmClient {
                     response.attempts = attempts;
                     response.latency = started.elapsed();
                     bump(&self.metrics.calls, 1);
+                    metrics::LLM_TOKENS
+                        .with_label_values(&["prompt"])
+                        .inc_by(response.usage.prompt_tokens);
+                    metrics::LLM_TOKENS
+                        .with_label_values(&["completion"])
+                        .inc_by(response.usage.completion_tokens);
                     bump(&self.metrics.prompt_tokens, response.usage.prompt_tokens);
                     bump(
                         &self.metrics.completion_tokens,
@@ -483,6 +532,23 @@ impl LlmClient {
     }
 
     async fn attempt(&self, request: &ChatRequest, body: &Value) -> Attempt {
+        let started = Instant::now();
+        let attempt = self.send(request, body).await;
+        metrics::LLM_DURATION.observe(started.elapsed().as_secs_f64());
+        let class = match &attempt {
+            Attempt::Done(_) => "2xx",
+            Attempt::Retry { reason, .. } if reason.starts_with("HTTP 429") => "429",
+            Attempt::Retry { reason, .. } if reason.starts_with("HTTP 5") => "5xx",
+            Attempt::Retry { reason, .. } if reason.starts_with("timed out") => "timeout",
+            Attempt::Retry { .. } => "error",
+            Attempt::Fail(LlmError::Rejected { .. }) => "4xx",
+            Attempt::Fail(_) => "error",
+        };
+        metrics::LLM_REQUESTS.with_label_values(&[class]).inc();
+        attempt
+    }
+
+    async fn send(&self, request: &ChatRequest, body: &Value) -> Attempt {
         let mut builder = self.http.post(&self.endpoint).json(body);
         if let Some(key) = &self.config.api_key {
             builder = builder.bearer_auth(key);

@@ -24,7 +24,9 @@ pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
 });
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
-    REGISTRY.register(Box::new(metric.clone())).expect("metric registers once");
+    REGISTRY
+        .register(Box::new(metric.clone()))
+        .expect("metric registers once");
     metric
 }
 
@@ -90,7 +92,10 @@ pub static SHARDS_IN_PROGRESS: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
-            Opts::new("principia_worker_deliveries_total", "Shard deliveries received."),
+            Opts::new(
+                "principia_worker_deliveries_total",
+                "Shard deliveries received.",
+            ),
             &["redelivered"],
         )
         .expect("metric"),
@@ -139,7 +144,10 @@ pub static LLM_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
 pub static LLM_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
-            Opts::new("principia_llm_tokens_total", "LLM tokens by kind (prompt, completion)."),
+            Opts::new(
+                "principia_llm_tokens_total",
+                "LLM tokens by kind (prompt, completion).",
+            ),
             &["kind"],
         )
         .expect("metric"),
@@ -167,3 +175,16 @@ pub fn render() -> String {
         .expect("text encoding");
     String::from_utf8(buffer).expect("metrics are UTF-8")
 }
+
+pub static LLM_RATE_LIMIT_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "principia_llm_rate_limit_wait_seconds",
+                "Time a request waited for the (fleet-wide) rate limit before being sent.",
+            )
+            .buckets(exponential_buckets(0.01, 2.0, 16).expect("buckets")),
+        )
+        .expect("metric"),
+    )
+});

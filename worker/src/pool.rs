@@ -76,7 +76,10 @@ pub async fn run_pool(
     }
     consumer.close().await;
     tracker.close();
-    if tokio::time::timeout(config.grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.grace, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!(
             grace_secs = config.grace.as_secs(),
             "shards still running after the grace period; leaving them to be redelivered"
@@ -88,7 +91,11 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
     let message_id = delivery.message_id.clone().unwrap_or_default();
     let span = info_span!("shard", shard_id = %message_id, redelivered = delivery.redelivered);
     metrics::DELIVERIES
-        .with_label_values(&[if delivery.redelivered { "true" } else { "false" }])
+        .with_label_values(&[if delivery.redelivered {
+            "true"
+        } else {
+            "false"
+        }])
         .inc();
     if let Some(published) = delivery.published_at_ms {
         let now = std::time::SystemTime::now()

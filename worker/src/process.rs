@@ -112,7 +112,7 @@ impl ShardProcessor {
         let mut report = generation.report;
         report.shard_id = shard.shard_id.clone();
         report.generator = generator.name().to_string();
-        report.model = generator.model();
+        report.model = generator.model(&shard.spec);
         report.sections = shard.sections.len() as u64;
         let records = to_records(shard, generator.as_ref(), generation.items, &mut report);
         report.accepted = records.len() as u64;
@@ -128,7 +128,10 @@ impl ShardProcessor {
     }
 
     /// Decode a delivery body and process it.
-    pub async fn process_bytes(&self, body: &[u8]) -> Result<(ShardMessage, ShardOutcome), ShardError> {
+    pub async fn process_bytes(
+        &self,
+        body: &[u8],
+    ) -> Result<(ShardMessage, ShardOutcome), ShardError> {
         let shard = ShardMessage::from_json(body)?;
         let outcome = self.process(&shard).await?;
         Ok((shard, outcome))
@@ -211,8 +214,8 @@ fn to_records(
             verdict: item.verdict,
             question_type: item.question_type,
             generator: generator.name().to_string(),
-            model: generator.model(),
-            judge_model: generator.judge_model(),
+            model: generator.model(&shard.spec),
+            judge_model: generator.judge_model(&shard.spec),
             prompt_version: item.prompt_version,
             created_at,
         });
@@ -228,7 +231,11 @@ fn to_records(
 }
 
 /// Sections of the shard with fewer accepted items than the job's minimum.
-fn uncovered(shard: &ShardMessage, records: &[Record], report: &ShardReport) -> Vec<UncoveredSection> {
+fn uncovered(
+    shard: &ShardMessage,
+    records: &[Record],
+    report: &ShardReport,
+) -> Vec<UncoveredSection> {
     let minimum = u64::from(shard.spec.min_items_per_section.max(1));
     let mut accepted: BTreeMap<&str, u64> = BTreeMap::new();
     for record in records {

@@ -252,7 +252,10 @@ mod tests {
             deliveries += 1;
             delivery.settler.settle(Disposition::Requeue).await.unwrap();
         }
-        assert_eq!(deliveries, 3, "limit 2 allows 3 deliveries, as x-delivery-limit does");
+        assert_eq!(
+            deliveries, 3,
+            "limit 2 allows 3 deliveries, as x-delivery-limit does"
+        );
         let dead = queue.dead_letters();
         assert_eq!(dead.len(), 1);
         assert!(dead[0].1.contains("delivery limit"));
@@ -269,7 +272,10 @@ mod tests {
         }
         let delivery = consumer.next().await.unwrap().unwrap();
         delivery.settler.settle(Disposition::Ack).await.unwrap();
-        assert!(delivery.settler.settle(Disposition::Ack).await.is_err(), "settled twice");
+        assert!(
+            delivery.settler.settle(Disposition::Ack).await.is_err(),
+            "settled twice"
+        );
         assert_eq!(queue.outstanding(), 0);
         assert!(queue.dead_letters().is_empty());
         queue.close();

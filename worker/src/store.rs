@@ -223,11 +223,17 @@ mod tests {
         let store = LocalStore::new(dir.path());
         let key = "jobs/al-1/parts/sh-1.parquet";
         assert_eq!(
-            store.put_if_absent(key, Bytes::from("first")).await.unwrap(),
+            store
+                .put_if_absent(key, Bytes::from("first"))
+                .await
+                .unwrap(),
             PutOutcome::Created
         );
         assert_eq!(
-            store.put_if_absent(key, Bytes::from("second")).await.unwrap(),
+            store
+                .put_if_absent(key, Bytes::from("second"))
+                .await
+                .unwrap(),
             PutOutcome::AlreadyExists
         );
         assert_eq!(store.get(key).await.unwrap().unwrap(), Bytes::from("first"));

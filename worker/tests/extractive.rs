@@ -363,9 +363,10 @@ fn output_is_deterministic() {
 async fn the_generator_trait_reports_no_model() {
     let generator = ExtractiveGenerator::new();
     assert_eq!(generator.name(), "extractive");
-    assert_eq!(generator.model(), None);
-    assert_eq!(generator.judge_model(), None);
-    let g = generator.generate(&shard(SECTION, 50)).await.unwrap();
+    let shard = shard(SECTION, 50);
+    assert_eq!(generator.model(&shard.spec), None);
+    assert_eq!(generator.judge_model(&shard.spec), None);
+    let g = generator.generate(&shard).await.unwrap();
     assert_eq!(g.items, generate(SECTION, 50).items);
 }
 

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::records::{JobRecord, PURPOSE_FINE_TUNE};
-use super::service::{Coordinator, GenerateRequest, MAX_UPLOAD_BYTES, ServiceError, validate_upload};
+use super::service::{
+    Coordinator, GenerateRequest, MAX_UPLOAD_BYTES, ServiceError, validate_upload,
+};
 
 /// Defaults the coordinator applies to jobs that do not say otherwise.
 #[derive(Debug, Clone)]
@@ -42,11 +44,17 @@ pub fn router(coordinator: Arc<Coordinator>, defaults: JobDefaults) -> Router {
     Router::new()
         .route("/v1/flow/files", put(upload_file).get(list_files))
         .route("/v1/flow/files/validate_metadata", post(validate_metadata))
-        .route("/v1/flow/files/{id}", get(retrieve_file).delete(delete_file))
+        .route(
+            "/v1/flow/files/{id}",
+            get(retrieve_file).delete(delete_file),
+        )
         .route("/v1/flow/files/{id}/content", get(file_content))
         .route("/v1/flow/alignment/generate", post(generate))
         .route("/v1/flow/alignment", get(list_jobs))
-        .route("/v1/flow/alignment/{id}", get(retrieve_job).delete(delete_job))
+        .route(
+            "/v1/flow/alignment/{id}",
+            get(retrieve_job).delete(delete_job),
+        )
         .route("/v1/flow/alignment/{id}/outputs", get(job_outputs))
         .route("/v1/flow/alignment/{id}/cancel", post(cancel_job))
         .route("/v1/flow/alignment/{id}/report", get(job_report))
@@ -63,11 +71,16 @@ pub struct ApiError(StatusCode, String);
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
-            ServiceError::NotFound(what) => ApiError(StatusCode::NOT_FOUND, format!("{what} not found")),
+            ServiceError::NotFound(what) => {
+                ApiError(StatusCode::NOT_FOUND, format!("{what} not found"))
+            }
             ServiceError::Invalid(message) => ApiError(StatusCode::BAD_REQUEST, message),
             ServiceError::Store(error) => {
                 tracing::error!(%error, "storage error");
-                ApiError(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; try again".into())
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage is unavailable; try again".into(),
+                )
             }
         }
     }
@@ -75,7 +88,8 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "message": self.1, "status": self.0.as_u16() }, "detail": self.1 });
+        let body =
+            json!({ "error": { "message": self.1, "status": self.0.as_u16() }, "detail": self.1 });
         (self.0, Json(body)).into_response()
     }
 }
@@ -95,11 +109,12 @@ async fn upload_file(
     let mut filename = None;
     let mut content: Option<Bytes> = None;
     let mut purpose = query.purpose;
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed multipart body: {e}")))?
-    {
+    while let Some(field) = multipart.next_field().await.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("malformed multipart body: {e}"),
+        )
+    })? {
         match field.name() {
             Some("files") | Some("file") => {
                 if filename.is_none() {
@@ -111,7 +126,10 @@ async fn upload_file(
             }
             Some("filename") => {
                 filename = Some(field.text().await.map_err(|e| {
-                    ApiError(StatusCode::BAD_REQUEST, format!("reading the file name: {e}"))
+                    ApiError(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the file name: {e}"),
+                    )
                 })?);
             }
             Some("purpose") => {
@@ -122,10 +140,19 @@ async fn upload_file(
             _ => {}
         }
     }
-    let content = content.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no `files` part in the upload".into()))?;
-    let filename = filename.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no file name in the upload".into()))?;
+    let content = content.ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "no `files` part in the upload".into(),
+        )
+    })?;
+    let filename = filename
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no file name in the upload".into()))?;
     let purpose = purpose.unwrap_or_else(|| PURPOSE_FINE_TUNE.to_string());
-    let record = state.coordinator.upload_file(&filename, &purpose, content).await?;
+    let record = state
+        .coordinator
+        .upload_file(&filename, &purpose, content)
+        .await?;
     Ok(Json(record.to_api()))
 }
 
@@ -151,7 +178,10 @@ struct ListQuery {
     sort_order: Option<String>,
 }
 
-async fn list_files(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list_files(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let mut files = state.coordinator.files(query.purpose.as_deref()).await?;
     match query.sort_by.as_deref().unwrap_or("created_at") {
         "filename" => files.sort_by(|a, b| a.filename.cmp(&b.filename)),
@@ -177,13 +207,22 @@ async fn list_files(State(state): State<AppState>, Query(query): Query<ListQuery
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
-async fn retrieve_file(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn retrieve_file(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(state.coordinator.file(&id).await?.to_api()))
 }
 
-async fn file_content(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn file_content(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let (record, content) = state.coordinator.file_content(&id).await?;
-    let disposition = format!("attachment; filename=\"{}\"", record.filename.replace('"', ""));
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        record.filename.replace('"', "")
+    );
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -194,7 +233,10 @@ async fn file_content(State(state): State<AppState>, Path(id): Path<String>) -> 
         .into_response())
 }
 
-async fn delete_file(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn delete_file(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     state.coordinator.delete_file(&id).await?;
     Ok(Json(json!({ "id": id, "object": "file", "deleted": true })))
 }
@@ -224,7 +266,10 @@ struct GenerateBody {
     max_items: Option<u32>,
 }
 
-async fn generate(State(state): State<AppState>, Json(body): Json<GenerateBody>) -> ApiResult<Json<Value>> {
+async fn generate(
+    State(state): State<AppState>,
+    Json(body): Json<GenerateBody>,
+) -> ApiResult<Json<Value>> {
     if let Some(kind) = body.job_type.as_deref()
         && kind != "principle"
     {
@@ -250,7 +295,10 @@ async fn generate(State(state): State<AppState>, Json(body): Json<GenerateBody>)
     let min_items = body.min_items.unwrap_or(defaults.min_items_per_section);
     let max_items = body.max_items.unwrap_or(defaults.max_items_per_section);
     if min_items > max_items {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "min_items exceeds max_items".into()));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "min_items exceeds max_items".into(),
+        ));
     }
     let spec = JobSpec {
         instructions: body.instructions.trim().to_string(),
@@ -258,8 +306,16 @@ async fn generate(State(state): State<AppState>, Json(body): Json<GenerateBody>)
         generator: GeneratorSpec {
             kind,
             model: if openai { model } else { None },
-            judge_model: if openai { body.judge_model.or_else(|| defaults.judge_model.clone()) } else { None },
-            temperature: if openai { body.temperature.unwrap_or(0.7) } else { 0.0 },
+            judge_model: if openai {
+                body.judge_model.or_else(|| defaults.judge_model.clone())
+            } else {
+                None
+            },
+            temperature: if openai {
+                body.temperature.unwrap_or(0.7)
+            } else {
+                0.0
+            },
         },
         shard_token_budget: body.shard_tokens.unwrap_or(defaults.shard_token_budget),
         min_items_per_section: min_items,
@@ -267,30 +323,50 @@ async fn generate(State(state): State<AppState>, Json(body): Json<GenerateBody>)
     };
     let job = state
         .coordinator
-        .create_job(GenerateRequest { spec, files: body.files })
+        .create_job(GenerateRequest {
+            spec,
+            files: body.files,
+        })
         .await?;
     Ok(Json(job.to_api()))
 }
 
 async fn list_jobs(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = state.coordinator.jobs().iter().map(JobRecord::to_api).collect();
+    let data: Vec<Value> = state
+        .coordinator
+        .jobs()
+        .iter()
+        .map(JobRecord::to_api)
+        .collect();
     Json(json!({ "object": "list", "data": data }))
 }
 
-async fn retrieve_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn retrieve_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(state.coordinator.job(&id)?.to_api()))
 }
 
-async fn job_outputs(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn job_outputs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let job = state.coordinator.job(&id)?;
     Ok(Json(job.to_api()["output_files"].clone()))
 }
 
-async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(state.coordinator.cancel_job(&id).await?.to_api()))
 }
 
-async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     state.coordinator.delete_job(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -34,12 +34,21 @@ impl Client {
         }
     }
 
-    async fn send(request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<reqwest::Response> {
-        let response = request.send().await.with_context(|| format!("{what}: the coordinator did not answer"))?;
+    async fn send(
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{what}: the coordinator did not answer"))?;
         let status = response.status();
         if !status.is_success() {
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            let message = body["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+            let message = body["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
             bail!("{what}: {status}: {message}");
         }
         Ok(response)
@@ -52,26 +61,45 @@ impl Client {
             .and_then(|n| n.to_str())
             .with_context(|| format!("{}: not a file name", path.display()))?
             .to_string();
-        let content = tokio::fs::read(path).await.with_context(|| format!("reading {}", path.display()))?;
+        let content = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
         let form = reqwest::multipart::Form::new()
-            .part("files", reqwest::multipart::Part::bytes(content).file_name(name.clone()))
+            .part(
+                "files",
+                reqwest::multipart::Part::bytes(content).file_name(name.clone()),
+            )
             .text("filename", name);
         let request = self
             .request(reqwest::Method::PUT, "/v1/flow/files")
             .query(&[("purpose", "alignment")])
             .multipart(form);
-        let file: Value = Self::send(request, &format!("uploading {}", path.display())).await?.json().await?;
-        file["id"].as_str().map(str::to_string).context("the upload answer has no file id")
+        let file: Value = Self::send(request, &format!("uploading {}", path.display()))
+            .await?
+            .json()
+            .await?;
+        file["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("the upload answer has no file id")
     }
 
     pub async fn generate(&self, body: Value) -> anyhow::Result<Value> {
-        let request = self.request(reqwest::Method::POST, "/v1/flow/alignment/generate").json(&body);
-        Ok(Self::send(request, "starting the job").await?.json().await?)
+        let request = self
+            .request(reqwest::Method::POST, "/v1/flow/alignment/generate")
+            .json(&body);
+        Ok(Self::send(request, "starting the job")
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn job(&self, id: &str) -> anyhow::Result<Value> {
         let request = self.request(reqwest::Method::GET, &format!("/v1/flow/alignment/{id}"));
-        Ok(Self::send(request, &format!("reading job {id}")).await?.json().await?)
+        Ok(Self::send(request, &format!("reading job {id}"))
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn jobs(&self) -> anyhow::Result<Vec<Value>> {
@@ -90,9 +118,17 @@ impl Client {
         else {
             bail!("job {id} has no dataset yet (status {})", job["status"]);
         };
-        let request = self.request(reqwest::Method::GET, &format!("/v1/flow/files/{file_id}/content"));
-        let bytes = Self::send(request, "downloading the dataset").await?.bytes().await?;
-        tokio::fs::write(output, &bytes).await.with_context(|| format!("writing {}", output.display()))?;
+        let request = self.request(
+            reqwest::Method::GET,
+            &format!("/v1/flow/files/{file_id}/content"),
+        );
+        let bytes = Self::send(request, "downloading the dataset")
+            .await?
+            .bytes()
+            .await?;
+        tokio::fs::write(output, &bytes)
+            .await
+            .with_context(|| format!("writing {}", output.display()))?;
         Ok(bytes.len() as u64)
     }
 }

@@ -31,7 +31,12 @@ use self::service::Coordinator;
 #[derive(Debug, Clone, Args)]
 pub struct FleetArgs {
     /// RabbitMQ URL (the vhost is the path, `%2f` for `/`).
-    #[arg(long, env = "PRINCIPIA_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PRINCIPIA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     pub amqp_url: String,
     /// Name of the shard queue (the exchange, dead-letter exchange and queue are named after it).
     #[arg(long, env = "PRINCIPIA_QUEUE", default_value = worker::amqp::DEFAULT_QUEUE)]
@@ -40,7 +45,12 @@ pub struct FleetArgs {
     #[arg(long, env = "PRINCIPIA_DELIVERY_LIMIT", default_value_t = 5)]
     pub delivery_limit: u32,
     /// Redis URL.
-    #[arg(long, env = "PRINCIPIA_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PRINCIPIA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
     /// Prefix of every Redis key.
     #[arg(long, env = "PRINCIPIA_REDIS_NAMESPACE", default_value = "principia")]
@@ -154,7 +164,10 @@ pub async fn run_worker(
             .await
             .with_context(|| format!("listening on {addr}"))?;
         let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(|| async { worker::metrics::render() }))
+            .route(
+                "/metrics",
+                axum::routing::get(|| async { worker::metrics::render() }),
+            )
             .route("/healthz", axum::routing::get(|| async { "ok" }));
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {

@@ -42,13 +42,14 @@ impl RedisProgress {
 
     pub async fn counters(&self, job_id: &str) -> redis::RedisResult<LiveCounters> {
         let mut connection = self.connection.clone();
-        let (accepted, rejected, tokens): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(self.key(job_id))
-            .arg("accepted")
-            .arg("rejected")
-            .arg("tokens")
-            .query_async(&mut connection)
-            .await?;
+        let (accepted, rejected, tokens): (Option<u64>, Option<u64>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(self.key(job_id))
+                .arg("accepted")
+                .arg("rejected")
+                .arg("tokens")
+                .query_async(&mut connection)
+                .await?;
         Ok(LiveCounters {
             accepted: accepted.unwrap_or(0),
             rejected: rejected.unwrap_or(0),
@@ -57,7 +58,13 @@ impl RedisProgress {
     }
 
     /// Mirror a job's status for dashboards and other readers.
-    pub async fn set_status(&self, job_id: &str, status: &str, done: u64, total: u64) -> redis::RedisResult<()> {
+    pub async fn set_status(
+        &self,
+        job_id: &str,
+        status: &str,
+        done: u64,
+        total: u64,
+    ) -> redis::RedisResult<()> {
         let mut connection = self.connection.clone();
         let _: () = connection
             .hset_multiple(

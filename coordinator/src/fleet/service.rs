@@ -232,12 +232,19 @@ impl Coordinator {
 
     // ----- jobs -----
 
-    pub async fn create_job(self: &Arc<Self>, request: GenerateRequest) -> Result<JobRecord, ServiceError> {
+    pub async fn create_job(
+        self: &Arc<Self>,
+        request: GenerateRequest,
+    ) -> Result<JobRecord, ServiceError> {
         if request.spec.instructions.trim().is_empty() {
-            return Err(ServiceError::Invalid("instructions must not be empty".into()));
+            return Err(ServiceError::Invalid(
+                "instructions must not be empty".into(),
+            ));
         }
         if request.files.is_empty() {
-            return Err(ServiceError::Invalid("files must name at least one uploaded file".into()));
+            return Err(ServiceError::Invalid(
+                "files must name at least one uploaded file".into(),
+            ));
         }
         for id in &request.files {
             let file = self.file(id).await?;
@@ -276,7 +283,13 @@ impl Coordinator {
     }
 
     pub fn jobs(&self) -> Vec<JobRecord> {
-        let mut jobs: Vec<JobRecord> = self.jobs.lock().expect("jobs lock").values().cloned().collect();
+        let mut jobs: Vec<JobRecord> = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .cloned()
+            .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.created_at_ms));
         jobs
     }
@@ -323,15 +336,25 @@ impl Coordinator {
     async fn save(&self, mut job: JobRecord) -> Result<(), StoreError> {
         job.updated_at_ms = now_ms();
         let json = serde_json::to_vec(&job).expect("job record serializes");
-        self.store.put(&job_record_key(&job.id), Bytes::from(json)).await?;
+        self.store
+            .put(&job_record_key(&job.id), Bytes::from(json))
+            .await?;
         if let Some(progress) = &self.progress
             && let Err(error) = progress
-                .set_status(&job.id, job.status.as_str(), job.shards_done, job.shards_total)
+                .set_status(
+                    &job.id,
+                    job.status.as_str(),
+                    job.shards_done,
+                    job.shards_total,
+                )
                 .await
         {
             tracing::warn!(%error, job_id = %job.id, "mirroring job status to Redis failed");
         }
-        self.jobs.lock().expect("jobs lock").insert(job.id.clone(), job);
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .insert(job.id.clone(), job);
         Ok(())
     }
 
@@ -366,11 +389,17 @@ impl Coordinator {
         job.current_step = "publish".into();
         job.shards_total = shards.len() as u64;
         if let Err(error) = self.save(job.clone()).await {
-            return self.fail(&id, format!("storing the job record: {error}")).await;
+            return self
+                .fail(&id, format!("storing the job record: {error}"))
+                .await;
         }
         let done: HashSet<String> = match self.store.list(&format!("jobs/{id}/parts/")).await {
             Ok(keys) => keys.into_iter().collect(),
-            Err(error) => return self.fail(&id, format!("listing finished parts: {error}")).await,
+            Err(error) => {
+                return self
+                    .fail(&id, format!("listing finished parts: {error}"))
+                    .await;
+            }
         };
         let mut published = 0;
         for shard in &shards {
@@ -385,17 +414,23 @@ impl Coordinator {
             loop {
                 match self.publisher.publish(shard).await {
                     Ok(()) => {
-                        worker::metrics::SHARDS_PUBLISHED.with_label_values(&["ok"]).inc();
+                        worker::metrics::SHARDS_PUBLISHED
+                            .with_label_values(&["ok"])
+                            .inc();
                         break;
                     }
                     Err(error) if attempt < 5 => {
-                        worker::metrics::SHARDS_PUBLISHED.with_label_values(&["error"]).inc();
+                        worker::metrics::SHARDS_PUBLISHED
+                            .with_label_values(&["error"])
+                            .inc();
                         attempt += 1;
                         tracing::warn!(%error, attempt, "publishing a shard failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
                     }
                     Err(error) => {
-                        worker::metrics::SHARDS_PUBLISHED.with_label_values(&["error"]).inc();
+                        worker::metrics::SHARDS_PUBLISHED
+                            .with_label_values(&["error"])
+                            .inc();
                         return self
                             .fail(&id, format!("publishing shard {}: {error}", shard.shard_id))
                             .await;
@@ -444,7 +479,10 @@ impl Coordinator {
         let dir = tempfile::tempdir().map_err(|e| format!("creating a work directory: {e}"))?;
         let mut paths = Vec::new();
         for (i, file_id) in job.files.iter().enumerate() {
-            let (record, content) = self.file_content(file_id).await.map_err(|e| e.to_string())?;
+            let (record, content) = self
+                .file_content(file_id)
+                .await
+                .map_err(|e| e.to_string())?;
             // The stored name is validated at upload; prefix the index so two equal names coexist.
             let path = dir.path().join(format!("{i}-{}", record.filename));
             tokio::fs::write(&path, &content)
@@ -527,7 +565,8 @@ impl Coordinator {
         let merged = match merge_job(self.store.as_ref(), &id, &shard_ids).await {
             Ok(merged) => merged,
             Err(error) => {
-                self.fail(&id, format!("merging the parts failed: {error}")).await;
+                self.fail(&id, format!("merging the parts failed: {error}"))
+                    .await;
                 return Ok(());
             }
         };
@@ -545,7 +584,9 @@ impl Coordinator {
             wall_time_ms: now_ms().saturating_sub(job.created_at_ms),
         });
         let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
-        self.store.put(&report_key(&id), Bytes::from(report_json)).await?;
+        self.store
+            .put(&report_key(&id), Bytes::from(report_json))
+            .await?;
         let file = FileRecord {
             id: format!("file-{}", id.trim_start_matches("al-")),
             filename: format!("{id}-dataset.parquet"),
@@ -596,12 +637,18 @@ impl Coordinator {
     /// Record a dead-lettered shard on its job, unless the worker already did.
     pub async fn record_dead_letter(&self, body: &[u8], reason: &str) -> Result<(), StoreError> {
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-            tracing::warn!(reason, "a dead letter that is not a shard message was discarded");
+            tracing::warn!(
+                reason,
+                "a dead letter that is not a shard message was discarded"
+            );
             return Ok(());
         };
         let (Some(job_id), Some(shard_id)) = (value["job_id"].as_str(), value["shard_id"].as_str())
         else {
-            tracing::warn!(reason, "a dead letter without job or shard id was discarded");
+            tracing::warn!(
+                reason,
+                "a dead letter without job or shard id was discarded"
+            );
             return Ok(());
         };
         if worker::store::validate_key(&failed_key(job_id, shard_id)).is_err() {
@@ -609,7 +656,10 @@ impl Coordinator {
         }
         let record = serde_json::json!({ "shard_id": shard_id, "reason": format!("dead-lettered by the broker: {reason}") });
         self.store
-            .put_if_absent(&failed_key(job_id, shard_id), Bytes::from(record.to_string()))
+            .put_if_absent(
+                &failed_key(job_id, shard_id),
+                Bytes::from(record.to_string()),
+            )
             .await
             .map(|_| ())
     }

@@ -35,8 +35,14 @@ fn main() -> anyhow::Result<()> {
     let example = principia::workspace_root().join("examples/harbor-lending-policy.md");
     let mut out = std::io::stdout().lock();
     use std::io::Write;
-    writeln!(out, "| workers | shards | LLM calls | items | wall time | items/s | ideal items/s | ratio to ideal |")?;
-    writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(
+        out,
+        "| workers | shards | LLM calls | items | wall time | items/s | ideal items/s | ratio to ideal |"
+    )?;
+    writeln!(
+        out,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
     for &workers in &args.workers {
         // The server serves as many requests at once as the fleet can send: the ideal is then
         // bounded by latency alone, calls / (client concurrency) * latency.
@@ -45,8 +51,12 @@ fn main() -> anyhow::Result<()> {
             ..ServerConfig::default()
         }));
         let mut fleet = Fleet::new("bench");
-        fleet.worker_env.insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
-        fleet.worker_env.insert("PRINCIPIA_LLM_MODEL".into(), "bench-model".into());
+        fleet
+            .worker_env
+            .insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
+        fleet
+            .worker_env
+            .insert("PRINCIPIA_LLM_MODEL".into(), "bench-model".into());
         fleet.start_coordinator();
         for _ in 0..workers {
             fleet.start_worker(args.concurrency);
@@ -55,11 +65,23 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let job = fleet.submit(
             &[&example],
-            &["--instructions", INSTRUCTIONS, "--generator", "openai", "--model", "bench-model", "--shard-tokens", &args.shard_tokens.to_string()],
+            &[
+                "--instructions",
+                INSTRUCTIONS,
+                "--generator",
+                "openai",
+                "--model",
+                "bench-model",
+                "--shard-tokens",
+                &args.shard_tokens.to_string(),
+            ],
         );
         let status = fleet.wait_finished(&job, Duration::from_secs(600));
         let wall = started.elapsed().as_secs_f64();
-        anyhow::ensure!(status["status"] == "completed", "job did not complete: {status}");
+        anyhow::ensure!(
+            status["status"] == "completed",
+            "job did not complete: {status}"
+        );
         let shards = status["principia"]["shards_total"].as_u64().unwrap_or(0);
         let items = status["principia"]["accepted"].as_u64().unwrap_or(0);
         let calls = llm.requests();
@@ -84,10 +106,23 @@ fn main() -> anyhow::Result<()> {
     fleet.start_worker(1);
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
-    let job = fleet.submit(&[&example], &["--instructions", INSTRUCTIONS, "--generator", "extractive", "--shard-tokens", "60"]);
+    let job = fleet.submit(
+        &[&example],
+        &[
+            "--instructions",
+            INSTRUCTIONS,
+            "--generator",
+            "extractive",
+            "--shard-tokens",
+            "60",
+        ],
+    );
     let status = fleet.wait_finished(&job, Duration::from_secs(600));
     let wall = started.elapsed().as_secs_f64();
-    let shards = status["principia"]["shards_total"].as_u64().unwrap_or(1).max(1);
+    let shards = status["principia"]["shards_total"]
+        .as_u64()
+        .unwrap_or(1)
+        .max(1);
     writeln!(out)?;
     writeln!(
         out,

@@ -43,7 +43,7 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use proto::{RejectReason, Score, ShardMessage, ShardSection};
+use proto::{JobSpec, RejectReason, Score, ShardMessage, ShardSection};
 
 use super::{GenerateError, GeneratedItem, Generator, Quote, ShardGeneration, locate_quote};
 
@@ -133,11 +133,11 @@ impl Generator for ExtractiveGenerator {
         "extractive"
     }
 
-    fn model(&self) -> Option<String> {
+    fn model(&self, _spec: &JobSpec) -> Option<String> {
         None
     }
 
-    fn judge_model(&self) -> Option<String> {
+    fn judge_model(&self, _spec: &JobSpec) -> Option<String> {
         None
     }
 

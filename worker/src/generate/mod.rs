@@ -8,7 +8,7 @@ pub mod extractive;
 pub mod openai;
 
 use async_trait::async_trait;
-use proto::{RejectReason, Score, ShardMessage, ShardReport};
+use proto::{JobSpec, RejectReason, Score, ShardMessage, ShardReport};
 
 /// An item that passed critique, before it becomes a dataset row.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,10 +63,10 @@ pub enum GenerateError {
 pub trait Generator: Send + Sync {
     /// `extractive` or `openai`: recorded in every row and in the report.
     fn name(&self) -> &'static str;
-    /// The generator model, if any.
-    fn model(&self) -> Option<String>;
-    /// The judge model, if any.
-    fn judge_model(&self) -> Option<String>;
+    /// The generator model a job with this specification runs, if any.
+    fn model(&self, spec: &JobSpec) -> Option<String>;
+    /// The judge model a job with this specification runs, if any.
+    fn judge_model(&self, spec: &JobSpec) -> Option<String>;
     /// Generate, critique and keep items for every section of the shard.
     async fn generate(&self, shard: &ShardMessage) -> Result<ShardGeneration, GenerateError>;
 }
@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn quotes_match_verbatim_or_modulo_whitespace() {
         let text = "(a) The holder shall\n   keep records. (b) Other.";
-        assert_eq!(locate_quote(text, "keep records."), Some((26, 39)));
+        assert_eq!(locate_quote(text, "keep records."), Some((24, 37)));
         let (s, e) = locate_quote(text, "holder shall keep records.").unwrap();
         assert_eq!(&text[s..e], "holder shall\n   keep records.");
         assert_eq!(locate_quote(text, "holder must keep"), None);

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
-use proto::{RejectReason, Score, ShardMessage, ShardSection, TokenUsage};
+use proto::{JobSpec, RejectReason, Score, ShardMessage, ShardSection, TokenUsage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -96,12 +96,12 @@ impl Generator for OpenAiGenerator {
         "openai"
     }
 
-    fn model(&self) -> Option<String> {
-        Some(self.model.clone())
+    fn model(&self, spec: &JobSpec) -> Option<String> {
+        Some(self.models(spec).0)
     }
 
-    fn judge_model(&self) -> Option<String> {
-        Some(self.judge_model.clone())
+    fn judge_model(&self, spec: &JobSpec) -> Option<String> {
+        Some(self.models(spec).1)
     }
 
     async fn generate(&self, shard: &ShardMessage) -> Result<ShardGeneration, GenerateError> {
@@ -118,7 +118,7 @@ impl Generator for OpenAiGenerator {
         let report = &mut generation.report;
         report.shard_id = shard.shard_id.clone();
         report.generator = self.name().to_string();
-        report.model = Some(self.model.clone());
+        report.model = self.model(&shard.spec);
         report.sections = shard.sections.len() as u64;
         for outcome in outcomes {
             report.candidates += outcome.candidates;
@@ -156,6 +156,23 @@ struct Pending {
 }
 
 impl OpenAiGenerator {
+    /// The job's generator and judge models; the worker's configuration fills what the job leaves
+    /// open (a job that names a model runs that model, as its fingerprint says).
+    fn models(&self, spec: &JobSpec) -> (String, String) {
+        let model = spec
+            .generator
+            .model
+            .clone()
+            .unwrap_or_else(|| self.model.clone());
+        let judge = spec
+            .generator
+            .judge_model
+            .clone()
+            .or_else(|| spec.generator.model.as_ref().map(|_| model.clone()))
+            .unwrap_or_else(|| self.judge_model.clone());
+        (model, judge)
+    }
+
     async fn section(
         &self,
         shard: &ShardMessage,
@@ -180,8 +197,9 @@ impl OpenAiGenerator {
                 ("section_path", &section.section_path.join(" > ")),
             ],
         );
+        let (model, judge_model) = self.models(&shard.spec);
         let mut request = ChatRequest::new(
-            self.model.clone(),
+            model,
             vec![ChatMessage::system(context), ChatMessage::user(prompt)],
         );
         request.temperature = Some(shard.spec.generator.temperature);
@@ -233,7 +251,7 @@ impl OpenAiGenerator {
             ],
         );
         let mut request = ChatRequest::new(
-            self.judge_model.clone(),
+            judge_model,
             vec![
                 ChatMessage::system(context),
                 ChatMessage::user(judge_prompt),
