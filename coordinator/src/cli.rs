@@ -150,6 +150,9 @@ struct SubmitArgs {
     min_items: Option<u32>,
     #[arg(long)]
     max_items: Option<u32>,
+    /// LLM tokens the job may spend.
+    #[arg(long)]
+    token_budget: Option<u64>,
     /// Wait for the job to finish, showing progress.
     #[arg(long)]
     wait: bool,
@@ -216,6 +219,9 @@ pub struct JobArgs {
     /// Sampling temperature of the generator model.
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
+    /// LLM tokens the job may spend; past it, remaining sections are reported uncovered.
+    #[arg(long)]
+    token_budget: Option<u64>,
     #[command(flatten)]
     llm: LlmArgs,
 }
@@ -431,6 +437,7 @@ impl JobArgs {
             shard_token_budget: self.shard_tokens,
             min_items_per_section: self.min_items,
             max_items_per_section: self.max_items,
+            token_budget: self.token_budget,
         })
     }
 }
@@ -553,6 +560,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         "shard_tokens": args.shard_tokens,
         "min_items": args.min_items,
         "max_items": args.max_items,
+        "token_budget": args.token_budget,
     });
     let job = client.generate(body).await?;
     let id = job["id"].as_str().unwrap_or_default().to_string();

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use proto::hash::digest;
 use proto::{JobSpec, PrincipleTree, ShardEvent};
 use tokio_util::sync::CancellationToken;
+use worker::limits::{MemoryTokenBudget, TokenBudget};
 use worker::pool::{EventSink, PoolConfig, run_pool};
+use worker::process::SHARD_REPORT_KEY;
 use worker::process::{Generators, ShardProcessor, part_key};
 use worker::queue::{MemoryQueue, ShardPublisher};
 use worker::store::{LocalStore, ObjectStore, StoreError};
@@ -123,7 +125,16 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
             .expect("the in-process queue accepts every message");
     }
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel::<ShardEvent>();
-    let processor = ShardProcessor::new(store.clone(), options.generators);
+    // Tokens spent by earlier runs of the same job are in their parts' reports.
+    let budget = Arc::new(MemoryTokenBudget::new());
+    if spec.token_budget.is_some() && reused > 0 {
+        let spent = spent_by_parts(store.as_ref(), &done).await?;
+        budget
+            .spend(&job_id, spent, None)
+            .await
+            .expect("the in-memory budget does not fail");
+    }
+    let processor = ShardProcessor::new(store.clone(), options.generators, budget);
     let pool_cancel = cancel.child_token();
     let pool = tokio::spawn(run_pool(
         queue.consumer(),
@@ -215,6 +226,28 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
         report_path,
         report,
     })
+}
+
+/// Tokens recorded in the reports of the given parts.
+async fn spent_by_parts(store: &dyn ObjectStore, parts: &HashSet<String>) -> Result<u64, RunError> {
+    let mut spent = 0;
+    for key in parts {
+        let Some(bytes) = store.get(key).await? else {
+            continue;
+        };
+        let (_, metadata) =
+            proto::dataset::decode_parquet(bytes).map_err(|source| MergeError::BadPart {
+                key: key.clone(),
+                source,
+            })?;
+        if let Some(report) = metadata
+            .get(SHARD_REPORT_KEY)
+            .and_then(|json| serde_json::from_str::<proto::ShardReport>(json).ok())
+        {
+            spent += report.usage.total();
+        }
+    }
+    Ok(spent)
 }
 
 async fn write_file(path: &std::path::Path, bytes: Bytes) -> Result<(), StoreError> {

@@ -132,6 +132,7 @@ mod tests {
             shard_token_budget: budget,
             min_items_per_section: 1,
             max_items_per_section: 8,
+            token_budget: None,
         }
     }
 

@@ -53,6 +53,10 @@ pub struct JobSpec {
     pub min_items_per_section: u32,
     /// Items kept per section at most.
     pub max_items_per_section: u32,
+    /// LLM tokens the whole job may spend; once spent, remaining shards generate nothing and
+    /// their sections are reported uncovered with the reason.
+    #[serde(default)]
+    pub token_budget: Option<u64>,
 }
 
 impl JobSpec {

@@ -101,6 +101,9 @@ pub struct ShardReport {
     pub question_types: BTreeMap<String, u64>,
     pub usage: TokenUsage,
     pub duration_ms: u64,
+    /// Why the shard generated nothing at all, when it was skipped (e.g. the budget was spent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncovered_reason: Option<String>,
 }
 
 impl ShardReport {

@@ -202,3 +202,63 @@ fn bad_input_gives_a_one_line_error_naming_the_file() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("missing.md"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_budget_stops_generation_cleanly_and_says_so() {
+    let llm = tests::spawn(tests::ServerConfig::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let budget = 4000;
+    let output = principia::run(
+        principia::command()
+            .env("PRINCIPIA_LLM_URL", &llm.url)
+            .env("PRINCIPIA_LLM_MODEL", "test-model")
+            .arg("run")
+            .arg(example())
+            .args([
+                "--instructions",
+                INSTRUCTIONS,
+                "--shard-tokens",
+                "250",
+                "--concurrency",
+                "1",
+            ])
+            .args(["--token-budget", &budget.to_string(), "--out"])
+            .arg(out.path()),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(out.path());
+    assert_eq!(report["generator"], "openai");
+    let spent = report["tokens"]["prompt_tokens"].as_u64().unwrap()
+        + report["tokens"]["completion_tokens"].as_u64().unwrap();
+    assert!(spent >= budget, "the budget was reached ({spent})");
+    let uncovered = report["coverage"]["uncovered"].as_array().unwrap();
+    let over_budget = uncovered
+        .iter()
+        .filter(|u| {
+            u["reason"]
+                .as_str()
+                .unwrap()
+                .contains("token budget of 4000 tokens was spent")
+        })
+        .count();
+    assert!(
+        over_budget > 0,
+        "sections past the budget are reported: {uncovered:?}"
+    );
+    assert!(
+        report["coverage"]["covered"].as_u64().unwrap() > 0,
+        "work before the budget is kept"
+    );
+    // Generation stopped: far fewer calls than the unbudgeted job's two per section.
+    let sections = report["sections"]["units"].as_u64().unwrap();
+    assert!(
+        llm.requests() < 2 * sections,
+        "{} calls for {sections} sections",
+        llm.requests()
+    );
+    llm.shutdown().await.unwrap();
+}

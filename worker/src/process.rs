@@ -14,6 +14,7 @@ use proto::{
 };
 
 use crate::generate::{GenerateError, GeneratedItem, Generator};
+use crate::limits::{LimitError, TokenBudget};
 use crate::queue::Disposition;
 use crate::store::{ObjectStore, PutOutcome, StoreError, validate_key};
 
@@ -64,6 +65,8 @@ pub enum ShardError {
     Encode(#[from] DatasetError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("checking the job's token budget: {0}")]
+    Budget(#[from] LimitError),
 }
 
 impl ShardError {
@@ -72,6 +75,7 @@ impl ShardError {
         match self {
             ShardError::Generate(GenerateError::Transient(_)) => Disposition::Requeue,
             ShardError::Store(e) if e.is_transient() => Disposition::Requeue,
+            ShardError::Budget(_) => Disposition::Requeue,
             ShardError::Decode(_)
             | ShardError::InvalidJobId(_)
             | ShardError::GeneratorUnavailable(_)
@@ -87,11 +91,30 @@ impl ShardError {
 pub struct ShardProcessor {
     store: Arc<dyn ObjectStore>,
     generators: Generators,
+    budget: Arc<dyn TokenBudget>,
 }
 
 impl ShardProcessor {
-    pub fn new(store: Arc<dyn ObjectStore>, generators: Generators) -> Self {
-        ShardProcessor { store, generators }
+    /// `budget` keeps the tokens each job spent (in memory, or in Redis for the fleet).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        generators: Generators,
+        budget: Arc<dyn TokenBudget>,
+    ) -> Self {
+        ShardProcessor {
+            store,
+            generators,
+            budget,
+        }
+    }
+
+    /// Whether the job has spent its token budget (never, without one).
+    async fn budget_spent(&self, shard: &ShardMessage) -> Result<Option<u64>, LimitError> {
+        let Some(limit) = shard.spec.token_budget else {
+            return Ok(None);
+        };
+        let spent = self.budget.spent(&shard.job_id).await?;
+        Ok((spent >= limit).then_some(limit))
     }
 
     /// Process a decoded shard. Idempotent per shard id: a finished shard is not redone.
@@ -107,7 +130,27 @@ impl ShardProcessor {
             .generators
             .get(kind)
             .ok_or(ShardError::GeneratorUnavailable(kind.as_str()))?;
-        let generation = generator.generate(shard).await?;
+        let generation = match self.budget_spent(shard).await? {
+            // Budget spent: generate nothing; the part records every section as uncovered.
+            Some(limit) => {
+                let mut skipped = crate::generate::ShardGeneration::default();
+                skipped.report.uncovered_reason = Some(format!(
+                    "the job's token budget of {limit} tokens was spent"
+                ));
+                skipped
+            }
+            None => {
+                let generation = generator.generate(shard).await?;
+                self.budget
+                    .spend(
+                        &shard.job_id,
+                        generation.report.usage.total(),
+                        shard.spec.token_budget,
+                    )
+                    .await?;
+                generation
+            }
+        };
 
         let mut report = generation.report;
         report.shard_id = shard.shard_id.clone();
@@ -241,7 +284,9 @@ fn uncovered(
     for record in records {
         *accepted.entry(record.node_id.as_str()).or_insert(0) += 1;
     }
-    let rejections = if report.rejected.is_empty() {
+    let rejections = if let Some(reason) = &report.uncovered_reason {
+        reason.clone()
+    } else if report.rejected.is_empty() {
         "no candidate could be generated from its text".to_string()
     } else {
         let reasons: Vec<String> = report

@@ -230,6 +230,7 @@ mod tests {
             shard_token_budget: 100,
             min_items_per_section: 1,
             max_items_per_section: 2,
+            token_budget: None,
         };
         let section = ShardSection {
             node_id: "n".into(),

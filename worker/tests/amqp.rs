@@ -34,6 +34,7 @@ fn shard(text: &str) -> ShardMessage {
         shard_token_budget: 1000,
         min_items_per_section: 1,
         max_items_per_section: 2,
+        token_budget: None,
     };
     let section = ShardSection {
         node_id: "n-1".into(),

@@ -42,6 +42,7 @@ fn shard(text: &str, max_items: u32) -> ShardMessage {
         shard_token_budget: 8000,
         min_items_per_section: 1,
         max_items_per_section: max_items,
+        token_budget: None,
     };
     let section = ShardSection {
         node_id: "n-999".into(),

@@ -45,6 +45,7 @@ fn shard_of(sections: Vec<ShardSection>, max_items: u32) -> ShardMessage {
         shard_token_budget: 8000,
         min_items_per_section: 1,
         max_items_per_section: max_items,
+        token_budget: None,
     };
     ShardMessage::new("job-1".into(), spec, sections)
 }

@@ -264,6 +264,8 @@ struct GenerateBody {
     min_items: Option<u32>,
     #[serde(default)]
     max_items: Option<u32>,
+    #[serde(default)]
+    token_budget: Option<u64>,
 }
 
 async fn generate(
@@ -320,6 +322,7 @@ async fn generate(
         shard_token_budget: body.shard_tokens.unwrap_or(defaults.shard_token_budget),
         min_items_per_section: min_items,
         max_items_per_section: max_items,
+        token_budget: body.token_budget,
     };
     let job = state
         .coordinator

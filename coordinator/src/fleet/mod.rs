@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use worker::amqp::{AmqpConfig, AmqpConsumer, AmqpPublisher};
+use worker::limits::RedisTokenBudget;
 use worker::pool::{PoolConfig, run_pool};
 use worker::process::{Generators, ShardProcessor};
 use worker::s3::{S3Config, S3Store};
@@ -180,7 +181,14 @@ pub async fn run_worker(
         progress,
         store: store.clone(),
     });
-    let processor = ShardProcessor::new(store, generators);
+    let connection = worker::limits::connect_redis(&fleet.redis_url, Duration::from_secs(10))
+        .await
+        .context("connecting to Redis")?;
+    let budget = Arc::new(RedisTokenBudget::new(
+        connection,
+        fleet.redis_namespace.clone(),
+    ));
+    let processor = ShardProcessor::new(store, generators, budget);
     tracing::info!(concurrency, "worker consuming shards");
     let stop = cancel.clone();
     tokio::spawn(async move {
