@@ -262,3 +262,137 @@ async fn a_token_budget_stops_generation_cleanly_and_says_so() {
     );
     llm.shutdown().await.unwrap();
 }
+
+fn run_openai(url: &str, out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut command = principia::command();
+    command
+        .env("PRINCIPIA_LLM_URL", url)
+        .env("PRINCIPIA_LLM_MODEL", "test-model")
+        .env("PRINCIPIA_LLM_JUDGE_MODEL", "test-judge")
+        .arg("run")
+        .arg(example())
+        .args(["--instructions", INSTRUCTIONS, "--shard-tokens", "250"])
+        .args(extra)
+        .arg("--out")
+        .arg(out);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openai_run_retries_through_faults_and_keeps_judged_items() {
+    let llm = tests::spawn(tests::ServerConfig {
+        fail_first_429: 2,
+        retry_after: Some("1".into()),
+        fail_first_500: 2,
+        ..tests::ServerConfig::default()
+    })
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let output = principia::run(&mut run_openai(&llm.url, out.path(), &[]));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats = llm.stats();
+    let report = read_report(out.path());
+    assert_eq!(report["generator"], "openai");
+    assert_eq!(report["model"], "test-model");
+    assert_eq!(report["judge_model"], "test-judge");
+    let calls = report["tokens"]["calls"].as_u64().unwrap();
+    assert!(
+        llm.requests() >= calls + 4,
+        "the 4 failed requests were retried ({stats:?})"
+    );
+    let records = read_dataset(&out.path().join("dataset.parquet"));
+    assert!(!records.is_empty());
+    for record in &records {
+        assert_eq!(record.generator, "openai");
+        assert_eq!(record.judge_model.as_deref(), Some("test-judge"));
+        let criteria: Vec<_> = record.scores.iter().map(|s| s.criterion.as_str()).collect();
+        assert!(criteria.contains(&"faithfulness"), "{criteria:?}");
+        assert!(!record.evidence.is_empty());
+    }
+    llm.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_keeps_finished_shards_and_the_same_command_resumes() {
+    let llm = tests::spawn(tests::ServerConfig {
+        latency: std::time::Duration::from_millis(300),
+        ..tests::ServerConfig::default()
+    })
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let child = run_openai(&llm.url, out.path(), &["--concurrency", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first part is on disk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let parts = || parts_on_disk(out.path());
+    while parts() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no part was written");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("run the same command again"));
+    let finished = parts();
+    assert!(finished >= 1);
+    let requests_before = llm.requests();
+
+    let again = principia::run(&mut run_openai(
+        &llm.url,
+        out.path(),
+        &["--concurrency", "1"],
+    ));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let report = read_report(out.path());
+    assert_eq!(report["status"], "completed");
+    let reused = report["shards"]["reused"].as_u64().unwrap();
+    assert!(
+        reused >= finished as u64,
+        "finished shards were not redone ({reused} reused)"
+    );
+    let total = report["shards"]["total"].as_u64().unwrap();
+    assert!(reused < total, "the interrupted run left work to do");
+    // The resumed run paid only for the shards that were not finished.
+    let resumed_calls = llm.requests() - requests_before;
+    let job_calls = report["tokens"]["calls"].as_u64().unwrap();
+    assert!(
+        resumed_calls < job_calls,
+        "{resumed_calls} calls on resume of a {job_calls}-call job"
+    );
+    llm.shutdown().await.unwrap();
+}
+
+/// Parts written under `out/jobs/*/parts/`.
+fn parts_on_disk(out: &Path) -> usize {
+    let Ok(jobs) = std::fs::read_dir(out.join("jobs")) else {
+        return 0;
+    };
+    jobs.filter_map(Result::ok)
+        .filter_map(|job| std::fs::read_dir(job.path().join("parts")).ok())
+        .map(|parts| {
+            parts
+                .filter_map(Result::ok)
+                .filter(|p| p.file_name().to_string_lossy().ends_with(".parquet"))
+                .count()
+        })
+        .sum()
+}

@@ -1,7 +1,9 @@
-//! Fleet throughput benchmark: one job on the example policy, with the LLM test server at a fixed
-//! latency and capacity, for 1, 2, 4 and 8 workers; compares items per second with the ideal that
-//! the server's latency and concurrency allow, and measures the fleet's own overhead per shard
-//! with the model-free generator. Prints a markdown table for BENCHMARKS.md.
+//! Fleet throughput benchmark: one job (eCFR Title 1, 292 sections, from ../shared/corpora) with
+//! the LLM test server at a fixed latency and capacity, for 1, 2, 4 and 8 workers; compares items
+//! per second with the ideal that the server's latency and the fleet's LLM concurrency allow
+//! (`calls x latency / min(server capacity, workers x per-worker LLM concurrency)`), and measures
+//! the fleet's own overhead per shard with the model-free generator. Prints a markdown table for
+//! BENCHMARKS.md.
 //!
 //! `cargo build --release -p coordinator -p tests && target/release/fleet-bench`
 
@@ -22,17 +24,27 @@ struct Args {
     /// Shards each worker processes at once.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// LLM requests each worker keeps in flight at most (PRINCIPIA_LLM_CONCURRENCY).
+    #[arg(long, default_value_t = 2)]
+    llm_concurrency: usize,
+    /// Requests the LLM server serves at once (its capacity).
+    #[arg(long, default_value_t = 16)]
+    server_capacity: usize,
     /// Source tokens per shard.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 1500)]
     shard_tokens: usize,
 }
 
-const INSTRUCTIONS: &str = "I want a chatbot that specializes in Harbor's lending policy";
+const INSTRUCTIONS: &str =
+    "I want a chatbot that specializes in the general provisions of federal regulations";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     let example = principia::workspace_root().join("examples/harbor-lending-policy.md");
+    let corpus = principia::corpora()
+        .map(|dir| dir.join("cfr-format-dev/title-1.xml"))
+        .ok_or_else(|| anyhow::anyhow!("../shared/corpora is needed for the throughput job"))?;
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     writeln!(
@@ -44,10 +56,9 @@ fn main() -> anyhow::Result<()> {
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )?;
     for &workers in &args.workers {
-        // The server serves as many requests at once as the fleet can send: the ideal is then
-        // bounded by latency alone, calls / (client concurrency) * latency.
         let llm = runtime.block_on(spawn(ServerConfig {
             latency: Duration::from_millis(args.latency_ms),
+            max_concurrent: Some(args.server_capacity),
             ..ServerConfig::default()
         }));
         let mut fleet = Fleet::new("bench");
@@ -57,6 +68,11 @@ fn main() -> anyhow::Result<()> {
         fleet
             .worker_env
             .insert("PRINCIPIA_LLM_MODEL".into(), "bench-model".into());
+        fleet.worker_env.insert(
+            "PRINCIPIA_LLM_CONCURRENCY".into(),
+            args.llm_concurrency.to_string(),
+        );
+        fleet.worker_env.insert("RUST_LOG".into(), "warn".into());
         fleet.start_coordinator();
         for _ in 0..workers {
             fleet.start_worker(args.concurrency);
@@ -64,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(1));
         let started = Instant::now();
         let job = fleet.submit(
-            &[&example],
+            &[&corpus],
             &[
                 "--instructions",
                 INSTRUCTIONS,
@@ -85,9 +101,8 @@ fn main() -> anyhow::Result<()> {
         let shards = status["principia"]["shards_total"].as_u64().unwrap_or(0);
         let items = status["principia"]["accepted"].as_u64().unwrap_or(0);
         let calls = llm.requests();
-        // Per shard the calls are sequential per section (generate then judge), so a worker with
-        // concurrency c keeps at most c requests in flight.
-        let in_flight = (workers * args.concurrency) as f64;
+        // At most this many requests are in flight at any time, however the shards are cut.
+        let in_flight = (workers * args.llm_concurrency).min(args.server_capacity) as f64;
         let ideal_wall = calls as f64 * args.latency_ms as f64 / 1000.0 / in_flight;
         let ideal_rate = items as f64 / ideal_wall;
         let rate = items as f64 / wall;
