@@ -46,7 +46,7 @@ impl Generators {
 #[derive(Debug)]
 pub enum ShardOutcome {
     /// This attempt wrote the part.
-    Written(ShardReport),
+    Written(Box<ShardReport>),
     /// The part existed already; nothing was generated or written.
     Duplicate,
 }
@@ -165,7 +165,7 @@ impl ShardProcessor {
         let report_json = serde_json::to_string(&report).expect("report serializes");
         let body = encode_parquet(&records, &[(SHARD_REPORT_KEY, report_json)])?;
         match self.store.put_if_absent(&key, Bytes::from(body)).await? {
-            PutOutcome::Created => Ok(ShardOutcome::Written(report)),
+            PutOutcome::Created => Ok(ShardOutcome::Written(Box::new(report))),
             PutOutcome::AlreadyExists => Ok(ShardOutcome::Duplicate),
         }
     }

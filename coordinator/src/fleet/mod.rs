@@ -131,7 +131,7 @@ pub async fn run_coordinator(
     tokio::spawn(
         coordinator
             .clone()
-            .run_monitor(Duration::from_millis(500), cancel.clone()),
+            .run_monitor(Duration::from_millis(200), cancel.clone()),
     );
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use proto::{JobSpec, PrincipleTree, ShardMessage};
 use tokio_util::sync::CancellationToken;
 use worker::process::part_key;
@@ -24,6 +25,16 @@ use crate::ingest;
 use crate::merge::{dataset_key, merge_job};
 use crate::plan::plan_shards;
 use crate::report::{self, FailedShard, ReportInput};
+
+/// Shards published at once (publisher confirms outstanding).
+const PUBLISH_CONCURRENCY: usize = 32;
+
+/// Why publishing a job's shards stopped early.
+enum PublishStop {
+    /// The job was cancelled or deleted meanwhile.
+    Stopped,
+    Failed(String),
+}
 
 /// Largest upload accepted.
 pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
@@ -401,43 +412,29 @@ impl Coordinator {
                     .await;
             }
         };
-        let mut published = 0;
-        for shard in &shards {
-            if !self.still_active(&id) {
-                tracing::info!(job_id = %id, published, "job stopped; publishing stopped");
-                return;
-            }
-            if done.contains(&part_key(&id, &shard.shard_id)) {
-                continue;
-            }
-            let mut attempt = 0;
-            loop {
-                match self.publisher.publish(shard).await {
-                    Ok(()) => {
-                        worker::metrics::SHARDS_PUBLISHED
-                            .with_label_values(&["ok"])
-                            .inc();
-                        break;
-                    }
-                    Err(error) if attempt < 5 => {
-                        worker::metrics::SHARDS_PUBLISHED
-                            .with_label_values(&["error"])
-                            .inc();
-                        attempt += 1;
-                        tracing::warn!(%error, attempt, "publishing a shard failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-                    }
-                    Err(error) => {
-                        worker::metrics::SHARDS_PUBLISHED
-                            .with_label_values(&["error"])
-                            .inc();
-                        return self
-                            .fail(&id, format!("publishing shard {}: {error}", shard.shard_id))
-                            .await;
-                    }
+        // Publish with many confirms outstanding at once: each publish waits for its broker
+        // confirm, and confirms of a quorum queue take milliseconds each.
+        let pending: Vec<ShardMessage> = shards
+            .into_iter()
+            .filter(|s| !done.contains(&part_key(&id, &s.shard_id)))
+            .collect();
+        let published = pending.len();
+        let (this, job_id) = (&self, id.as_str());
+        let mut results = futures_util::stream::iter(pending)
+            .map(move |shard| async move { this.publish_with_retries(job_id, &shard).await })
+            .buffer_unordered(PUBLISH_CONCURRENCY);
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(()) => {}
+                Err(PublishStop::Stopped) => {
+                    tracing::info!(job_id = %id, "job stopped; publishing stopped");
+                    return;
+                }
+                Err(PublishStop::Failed(message)) => {
+                    drop(results);
+                    return self.fail(&id, message).await;
                 }
             }
-            published += 1;
         }
         tracing::info!(job_id = %id, published, reused = done.len(), "shards published");
         if let Ok(mut job) = self.job(&id)
@@ -447,6 +444,42 @@ impl Coordinator {
             job.current_step = "generate".into();
             if let Err(error) = self.save(job).await {
                 tracing::warn!(%error, "storing the job record failed");
+            }
+        }
+    }
+
+    /// Publish one shard, retrying a failed publish a few times with backoff.
+    async fn publish_with_retries(
+        &self,
+        id: &str,
+        shard: &ShardMessage,
+    ) -> Result<(), PublishStop> {
+        if !self.still_active(id) {
+            return Err(PublishStop::Stopped);
+        }
+        let mut attempt = 0;
+        loop {
+            match self.publisher.publish(shard).await {
+                Ok(()) => {
+                    worker::metrics::SHARDS_PUBLISHED
+                        .with_label_values(&["ok"])
+                        .inc();
+                    return Ok(());
+                }
+                Err(error) => {
+                    worker::metrics::SHARDS_PUBLISHED
+                        .with_label_values(&["error"])
+                        .inc();
+                    if attempt >= 5 {
+                        return Err(PublishStop::Failed(format!(
+                            "publishing shard {}: {error}",
+                            shard.shard_id
+                        )));
+                    }
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, "publishing a shard failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                }
             }
         }
     }
