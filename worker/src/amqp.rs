@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -719,6 +719,48 @@ impl AmqpAdmin {
                 });
             }
             Ok(letters)
+        })
+        .await
+    }
+
+    /// Take up to `max` dead letters: each is handed to `record` and removed from the queue only
+    /// when `record` returns true (it stays, and taking stops, otherwise). Returns how many were
+    /// taken.
+    pub async fn take_dead_letters<F>(
+        &self,
+        max: usize,
+        record: impl Fn(DeadLetter) -> F + Send + Sync,
+    ) -> Result<usize, QueueError>
+    where
+        F: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let queue = self.topology.dlq.clone();
+        self.with_channel("taking dead letters", async |channel| {
+            let mut taken = 0;
+            while taken < max {
+                let Some(message) = channel
+                    .basic_get(queue.clone(), BasicGetOptions { no_ack: false })
+                    .await?
+                else {
+                    break;
+                };
+                let properties = &message.delivery.properties;
+                let letter = DeadLetter {
+                    message_id: properties.message_id().as_ref().map(ToString::to_string),
+                    reason: death_reason(properties),
+                    body: Bytes::from(message.delivery.data.clone()),
+                };
+                if !record(letter).await {
+                    break; // unacknowledged: back to the queue when the channel closes
+                }
+                message
+                    .delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await?;
+                taken += 1;
+            }
+            Ok(taken)
         })
         .await
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use worker::amqp::{AmqpConfig, AmqpConsumer, AmqpPublisher};
+use worker::amqp::{AmqpAdmin, AmqpConfig, AmqpConsumer, AmqpPublisher};
 use worker::limits::RedisTokenBudget;
 use worker::pool::{PoolConfig, run_pool};
 use worker::process::{Generators, ShardProcessor};
@@ -128,6 +128,11 @@ pub async fn run_coordinator(
     let coordinator = Coordinator::start(store, Arc::new(publisher), Some(progress))
         .await
         .context("loading jobs from storage")?;
+    tokio::spawn(drain_dead_letters(
+        coordinator.clone(),
+        fleet.amqp(),
+        cancel.clone(),
+    ));
     tokio::spawn(
         coordinator
             .clone()
@@ -141,6 +146,58 @@ pub async fn run_coordinator(
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
         .context("serving the API")
+}
+
+/// Record every dead-lettered shard on its job (the broker dead-letters shards that crashed their
+/// workers too often without any worker recording why), then remove it from the dead-letter queue.
+async fn drain_dead_letters(
+    coordinator: Arc<Coordinator>,
+    amqp: AmqpConfig,
+    cancel: CancellationToken,
+) {
+    let mut admin: Option<AmqpAdmin> = None;
+    let mut interval = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if admin.is_none() {
+            match AmqpAdmin::connect(amqp.clone()).await {
+                Ok(connected) => admin = Some(connected),
+                Err(error) => {
+                    tracing::warn!(%error, "connecting to read dead letters failed");
+                    continue;
+                }
+            }
+        }
+        let Some(current) = admin.as_ref() else {
+            continue;
+        };
+        let taken = current
+            .take_dead_letters(100, |letter| {
+                let coordinator = coordinator.clone();
+                async move {
+                    let reason = letter.reason.as_deref().unwrap_or("unknown");
+                    match coordinator.record_dead_letter(&letter.body, reason).await {
+                        Ok(()) => true,
+                        Err(error) => {
+                            tracing::warn!(%error, "recording a dead letter failed; keeping it");
+                            false
+                        }
+                    }
+                }
+            })
+            .await;
+        match taken {
+            Ok(0) => {}
+            Ok(taken) => tracing::info!(taken, "dead letters recorded on their jobs"),
+            Err(error) => {
+                tracing::warn!(%error, "reading dead letters failed; reconnecting");
+                admin = None;
+            }
+        }
+    }
 }
 
 /// Consume shards until cancelled, then drain within the grace period.
