@@ -75,6 +75,14 @@ impl Fleet {
         command
     }
 
+    /// Give every worker started from now on this OpenAI-compatible endpoint and model.
+    pub fn use_llm(&mut self, url: &str, model: &str) {
+        self.worker_env
+            .insert("PRINCIPIA_LLM_URL".into(), url.to_string());
+        self.worker_env
+            .insert("PRINCIPIA_LLM_MODEL".into(), model.to_string());
+    }
+
     /// Start (or restart) the coordinator and wait until it serves.
     pub fn start_coordinator(&mut self) {
         let n = self

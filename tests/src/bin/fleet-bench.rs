@@ -62,12 +62,7 @@ fn main() -> anyhow::Result<()> {
             ..ServerConfig::default()
         }));
         let mut fleet = Fleet::new("bench");
-        fleet
-            .worker_env
-            .insert("PRINCIPIA_LLM_URL".into(), llm.url.clone());
-        fleet
-            .worker_env
-            .insert("PRINCIPIA_LLM_MODEL".into(), "bench-model".into());
+        fleet.use_llm(&llm.url, "bench-model");
         fleet.worker_env.insert(
             "PRINCIPIA_LLM_CONCURRENCY".into(),
             args.llm_concurrency.to_string(),
