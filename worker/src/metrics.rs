@@ -188,3 +188,30 @@ pub static LLM_RATE_LIMIT_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
         .expect("metric"),
     )
 });
+
+pub static STORE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "principia_store_requests_total",
+                "Object-store (S3) operations by operation and result (ok, created, exists, missing, error).",
+            ),
+            &["op", "result"],
+        )
+        .expect("metric"),
+    )
+});
+
+pub static STORE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "principia_store_request_duration_seconds",
+                "Latency of one object-store operation.",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 16).expect("buckets")),
+            &["op"],
+        )
+        .expect("metric"),
+    )
+});

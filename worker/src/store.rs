@@ -213,6 +213,76 @@ impl ObjectStore for LocalStore {
     }
 }
 
+/// Any store, with every operation counted and timed in Prometheus (`principia_store_*`).
+pub struct Metered<S> {
+    inner: S,
+}
+
+impl<S: ObjectStore> Metered<S> {
+    pub fn new(inner: S) -> Self {
+        Metered { inner }
+    }
+}
+
+/// Time `operation` and count it under `op` with the result `label` gives it.
+async fn observe<T>(
+    op: &str,
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    label: impl FnOnce(&T) -> &'static str,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let result = operation.await;
+    crate::metrics::STORE_DURATION
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = result.as_ref().map_or("error", label);
+    crate::metrics::STORE_REQUESTS
+        .with_label_values(&[op, outcome])
+        .inc();
+    result
+}
+
+#[async_trait]
+impl<S: ObjectStore> ObjectStore for Metered<S> {
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
+        observe(
+            "put_if_absent",
+            self.inner.put_if_absent(key, body),
+            |o| match o {
+                PutOutcome::Created => "created",
+                PutOutcome::AlreadyExists => "exists",
+            },
+        )
+        .await
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        observe("put", self.inner.put(key, body), |_| "ok").await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        observe("get", self.inner.get(key), |v| {
+            if v.is_some() { "ok" } else { "missing" }
+        })
+        .await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        observe("exists", self.inner.exists(key), |e| {
+            if *e { "ok" } else { "missing" }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        observe("list", self.inner.list(prefix), |_| "ok").await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        observe("delete", self.inner.delete(key), |_| "ok").await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +314,29 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn metered_stores_count_each_operation_by_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Metered::new(LocalStore::new(dir.path()));
+        let count = |op: &str, result: &str| {
+            crate::metrics::STORE_REQUESTS
+                .with_label_values(&[op, result])
+                .get()
+        };
+        let (created, exists, missing) = (
+            count("put_if_absent", "created"),
+            count("put_if_absent", "exists"),
+            count("get", "missing"),
+        );
+        store.put_if_absent("a/b", Bytes::from("x")).await.unwrap();
+        store.put_if_absent("a/b", Bytes::from("y")).await.unwrap();
+        assert_eq!(store.get("a/none").await.unwrap(), None);
+        assert_eq!(count("put_if_absent", "created"), created + 1);
+        assert_eq!(count("put_if_absent", "exists"), exists + 1);
+        assert_eq!(count("get", "missing"), missing + 1);
+        assert!(crate::metrics::render().contains("principia_store_request_duration_seconds"));
     }
 
     #[tokio::test]

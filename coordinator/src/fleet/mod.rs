@@ -22,7 +22,7 @@ use worker::limits::RedisTokenBudget;
 use worker::pool::{PoolConfig, run_pool};
 use worker::process::{Generators, ShardProcessor};
 use worker::s3::{S3Config, S3Store};
-use worker::store::{LocalStore, ObjectStore};
+use worker::store::{LocalStore, Metered, ObjectStore};
 
 use self::api::JobDefaults;
 use self::progress::{FleetEvents, RedisProgress};
@@ -96,9 +96,9 @@ impl FleetArgs {
                 })
                 .await
                 .context("configuring S3")?;
-                Ok(Arc::new(store))
+                Ok(Arc::new(Metered::new(store)))
             }
-            (None, Some(dir)) => Ok(Arc::new(LocalStore::new(dir))),
+            (None, Some(dir)) => Ok(Arc::new(Metered::new(LocalStore::new(dir)))),
             (None, None) => anyhow::bail!(
                 "no storage configured: set PRINCIPIA_S3_BUCKET (or --s3-bucket), or --data-dir for a one-machine fleet"
             ),
