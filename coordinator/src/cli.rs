@@ -55,6 +55,8 @@ enum Command {
     Status(StatusArgs),
     /// Download a finished job's dataset.
     Download(DownloadArgs),
+    /// Cancel a job: publishing stops, queued shards are dropped, finished shards are kept.
+    Cancel(StatusArgs),
     /// List jobs.
     Jobs(ClientArgs),
     /// Print a finished job's report readably (from report.json, or from DIR/report.json).
@@ -297,6 +299,7 @@ pub fn main() -> ExitCode {
             Command::Submit(args) => submit(args).await,
             Command::Status(args) => status(args).await,
             Command::Download(args) => download(args).await,
+            Command::Cancel(args) => cancel(args).await,
             Command::Jobs(args) => jobs(args).await,
             Command::Report(args) => report(args),
         }
@@ -614,6 +617,17 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().lock(),
         "{}",
         serde_json::to_string_pretty(&job)?
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let job = args.client.client()?.cancel(&args.job).await?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}: {}",
+        job["id"].as_str().unwrap_or_default(),
+        job["status_message"].as_str().unwrap_or_default()
     )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -32,7 +32,7 @@ impl Totals {
             ShardEvent::Failed {
                 requeued: false, ..
             } => self.failed += 1,
-            ShardEvent::Failed { requeued: true, .. } => {}
+            ShardEvent::Failed { requeued: true, .. } | ShardEvent::Cancelled { .. } => {}
         }
     }
 

@@ -13,6 +13,8 @@ pub enum ShardEvent {
     Completed { job_id: String, report: ShardReport },
     /// The shard's part already existed (an earlier attempt or another worker wrote it).
     Duplicate { job_id: String, shard_id: String },
+    /// The shard's job was cancelled; nothing was generated.
+    Cancelled { job_id: String, shard_id: String },
     /// The attempt failed; `requeued` tells whether the shard goes back to the queue.
     Failed {
         job_id: Option<String>,

@@ -315,3 +315,37 @@ async fn the_llm_rate_limit_holds_across_workers() {
     );
     tear_down(fleet, llm).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_job_stops_spending_and_keeps_what_is_done() {
+    let llm = spawn(ServerConfig {
+        latency: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut fleet = Fleet::new("cancel");
+    fleet.use_llm(&llm.url, "test-model");
+    fleet.start_coordinator();
+    fleet.start_worker(1);
+    let job = submit_openai(&fleet, &["--shard-tokens", "250"]);
+    fleet.wait_for(&job, Duration::from_secs(60), |s| {
+        s["principia"]["shards_done"].as_u64().unwrap_or(0) >= 1
+    });
+    let answer = fleet.cli(&["cancel", &job]);
+    assert!(answer.contains("cancelled with"), "{answer}");
+    // The shard in progress may finish; after that no LLM call is made for this job.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let settled = llm.requests();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        llm.requests(),
+        settled,
+        "workers kept calling the LLM for a cancelled job"
+    );
+    let status = fleet.status(&job);
+    assert_eq!(status["status"], "cancelled");
+    let total = status["principia"]["shards_total"].as_u64().unwrap();
+    let done = status["principia"]["shards_done"].as_u64().unwrap();
+    assert!(done >= 1 && done < total, "{done} of {total} shards kept");
+    tear_down(fleet, llm).await;
+}

@@ -40,13 +40,20 @@ pub static SHARDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         IntCounterVec::new(
             Opts::new(
                 "principia_worker_shards_total",
-                "Shard attempts by outcome (success, duplicate, retry, dead_letter).",
+                "Shard attempts by outcome (success, duplicate, cancelled, retry, dead_letter, released).",
             ),
             &["outcome"],
         )
         .expect("metric"),
     );
-    for outcome in ["success", "duplicate", "retry", "dead_letter", "released"] {
+    for outcome in [
+        "success",
+        "duplicate",
+        "cancelled",
+        "retry",
+        "dead_letter",
+        "released",
+    ] {
         counter.with_label_values(&[outcome]);
     }
     counter

@@ -128,6 +128,16 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
                     },
                 )
             }
+            Ok((shard, ShardOutcome::Cancelled)) => {
+                tracing::info!(job_id = %shard.job_id, "job cancelled; dropping its shard");
+                (
+                    Disposition::Ack,
+                    ShardEvent::Cancelled {
+                        job_id: shard.job_id,
+                        shard_id: shard.shard_id,
+                    },
+                )
+            }
             Err(error) => {
                 let disposition = error.disposition();
                 warn!(%error, ?disposition, "shard failed");
@@ -147,6 +157,7 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
         };
         let outcome = match (&disposition, &event) {
             (Disposition::Ack, ShardEvent::Duplicate { .. }) => "duplicate",
+            (Disposition::Ack, ShardEvent::Cancelled { .. }) => "cancelled",
             (Disposition::Ack, _) => "success",
             (Disposition::Requeue, _) => "retry",
             (Disposition::DeadLetter(_), _) => "dead_letter",

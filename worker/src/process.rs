@@ -43,12 +43,22 @@ impl Generators {
     }
 }
 
+/// Tells whether a job was cancelled, so that its queued shards are dropped unprocessed.
+#[async_trait::async_trait]
+pub trait JobGate: Send + Sync {
+    /// Whether `job_id` was cancelled. Implementations answer `false` when they cannot tell:
+    /// processing a shard of a cancelled job wastes work, dropping a live one loses it.
+    async fn is_cancelled(&self, job_id: &str) -> bool;
+}
+
 #[derive(Debug)]
 pub enum ShardOutcome {
     /// This attempt wrote the part.
     Written(Box<ShardReport>),
     /// The part existed already; nothing was generated or written.
     Duplicate,
+    /// The job was cancelled; nothing was generated or written.
+    Cancelled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +102,7 @@ pub struct ShardProcessor {
     store: Arc<dyn ObjectStore>,
     generators: Generators,
     budget: Arc<dyn TokenBudget>,
+    gate: Option<Arc<dyn JobGate>>,
 }
 
 impl ShardProcessor {
@@ -105,7 +116,14 @@ impl ShardProcessor {
             store,
             generators,
             budget,
+            gate: None,
         }
+    }
+
+    /// Drop the shards of jobs that `gate` says were cancelled.
+    pub fn with_gate(mut self, gate: Arc<dyn JobGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Whether the job has spent its token budget (never, without one).
@@ -124,6 +142,11 @@ impl ShardProcessor {
         validate_key(&key).map_err(|_| ShardError::InvalidJobId(shard.job_id.clone()))?;
         if self.store.exists(&key).await? {
             return Ok(ShardOutcome::Duplicate);
+        }
+        if let Some(gate) = &self.gate
+            && gate.is_cancelled(&shard.job_id).await
+        {
+            return Ok(ShardOutcome::Cancelled);
         }
         let kind = shard.spec.generator.kind;
         let generator = self

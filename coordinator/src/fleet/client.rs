@@ -102,6 +102,17 @@ impl Client {
             .await?)
     }
 
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<Value> {
+        let request = self.request(
+            reqwest::Method::POST,
+            &format!("/v1/flow/alignment/{id}/cancel"),
+        );
+        Ok(Self::send(request, &format!("cancelling job {id}"))
+            .await?
+            .json()
+            .await?)
+    }
+
     pub async fn jobs(&self) -> anyhow::Result<Vec<Value>> {
         let request = self.request(reqwest::Method::GET, "/v1/flow/alignment");
         let list: Value = Self::send(request, "listing jobs").await?.json().await?;

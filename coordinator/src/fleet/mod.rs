@@ -235,7 +235,7 @@ pub async fn run_worker(
         tracing::info!(%addr, "worker metrics served");
     }
     let events = Arc::new(FleetEvents {
-        progress,
+        progress: progress.clone(),
         store: store.clone(),
     });
     let connection = worker::limits::connect_redis(&fleet.redis_url, Duration::from_secs(10))
@@ -245,7 +245,7 @@ pub async fn run_worker(
         connection,
         fleet.redis_namespace.clone(),
     ));
-    let processor = ShardProcessor::new(store, generators, budget);
+    let processor = ShardProcessor::new(store, generators, budget).with_gate(Arc::new(progress));
     tracing::info!(concurrency, "worker consuming shards");
     let stop = cancel.clone();
     tokio::spawn(async move {

@@ -10,6 +10,7 @@ use proto::ShardEvent;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use worker::pool::EventSink;
+use worker::process::JobGate;
 use worker::store::ObjectStore;
 
 use super::records::failed_key;
@@ -86,6 +87,22 @@ impl RedisProgress {
     }
 }
 
+#[async_trait]
+impl JobGate for RedisProgress {
+    async fn is_cancelled(&self, job_id: &str) -> bool {
+        let mut connection = self.connection.clone();
+        let status: redis::RedisResult<Option<String>> =
+            connection.hget(self.key(job_id), "status").await;
+        match status {
+            Ok(status) => status.as_deref() == Some("cancelled"),
+            Err(error) => {
+                tracing::warn!(%error, %job_id, "reading the job status from Redis failed");
+                false
+            }
+        }
+    }
+}
+
 /// The fleet worker's event sink: counters to Redis, permanent failures to the object store (so
 /// the job can report them even if Redis is flushed).
 pub struct FleetEvents {
@@ -126,7 +143,9 @@ impl EventSink for FleetEvents {
                     tracing::warn!(%store_error, %job_id, %shard_id, "recording the shard failure failed");
                 }
             }
-            ShardEvent::Failed { .. } | ShardEvent::Duplicate { .. } => {}
+            ShardEvent::Failed { .. }
+            | ShardEvent::Duplicate { .. }
+            | ShardEvent::Cancelled { .. } => {}
         }
     }
 }
