@@ -101,10 +101,6 @@ impl Progress {
         self.refresh();
     }
 
-    pub fn totals(&self) -> &Totals {
-        &self.totals
-    }
-
     fn refresh(&mut self) {
         match &self.bar {
             Some(bar) => {

@@ -114,10 +114,6 @@ impl PrincipleTree {
             .collect()
     }
 
-    pub fn find(&self, id: &str) -> Option<&PrincipleNode> {
-        self.nodes().into_iter().find(|n| n.id == id)
-    }
-
     /// Deepest level used (root = 0).
     pub fn depth(&self) -> usize {
         let mut max = 0;
