@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use proto::job::{
+    DEFAULT_MAX_ITEMS_PER_SECTION, DEFAULT_MIN_ITEMS_PER_SECTION, DEFAULT_SHARD_TOKEN_BUDGET,
+};
 use proto::{GeneratorKind, GeneratorSpec, JobSpec};
 use tokio_util::sync::CancellationToken;
 use worker::generate::extractive::ExtractiveGenerator;
@@ -85,11 +88,21 @@ struct CoordinatorArgs {
     /// Judge model of jobs that name none.
     #[arg(long, env = "PRINCIPIA_LLM_JUDGE_MODEL")]
     judge_model: Option<String>,
-    #[arg(long, default_value_t = 3000)]
+    #[command(flatten)]
+    sizes: SizeArgs,
+}
+
+/// How a job is cut into shards and how many items each section gets.
+#[derive(Debug, Args)]
+struct SizeArgs {
+    /// Source tokens per shard at most (a larger section is a shard of its own).
+    #[arg(long, default_value_t = DEFAULT_SHARD_TOKEN_BUDGET)]
     shard_tokens: usize,
-    #[arg(long, default_value_t = 1)]
+    /// Accepted items wanted per section at least (fewer is reported as uncovered).
+    #[arg(long, default_value_t = DEFAULT_MIN_ITEMS_PER_SECTION)]
     min_items: u32,
-    #[arg(long, default_value_t = 8)]
+    /// Items kept per section at most.
+    #[arg(long, default_value_t = DEFAULT_MAX_ITEMS_PER_SECTION)]
     max_items: u32,
 }
 
@@ -209,15 +222,8 @@ pub struct JobArgs {
     /// Generator: `openai` by default when an LLM URL is configured, else `extractive`.
     #[arg(long, value_enum)]
     generator: Option<GeneratorChoice>,
-    /// Source tokens per shard at most (a larger section is a shard of its own).
-    #[arg(long, default_value_t = 3000)]
-    shard_tokens: usize,
-    /// Accepted items wanted per section at least (fewer is reported as uncovered).
-    #[arg(long, default_value_t = 1)]
-    min_items: u32,
-    /// Items kept per section at most.
-    #[arg(long, default_value_t = 8)]
-    max_items: u32,
+    #[command(flatten)]
+    sizes: SizeArgs,
     /// Sampling temperature of the generator model.
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
@@ -403,11 +409,12 @@ impl JobArgs {
         if self.instructions.trim().is_empty() {
             bail!("--instructions must not be empty");
         }
-        if self.min_items > self.max_items {
+        let sizes = &self.sizes;
+        if sizes.min_items > sizes.max_items {
             bail!(
                 "--min-items ({}) exceeds --max-items ({})",
-                self.min_items,
-                self.max_items
+                sizes.min_items,
+                sizes.max_items
             );
         }
         let config = self.llm.config()?;
@@ -437,9 +444,9 @@ impl JobArgs {
                     0.0
                 },
             },
-            shard_token_budget: self.shard_tokens,
-            min_items_per_section: self.min_items,
-            max_items_per_section: self.max_items,
+            shard_token_budget: sizes.shard_tokens,
+            min_items_per_section: sizes.min_items,
+            max_items_per_section: sizes.max_items,
             token_budget: self.token_budget,
         })
     }
@@ -516,9 +523,9 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let defaults = JobDefaults {
         model: args.model.filter(|m| !m.trim().is_empty()),
         judge_model: args.judge_model.filter(|m| !m.trim().is_empty()),
-        shard_token_budget: args.shard_tokens,
-        min_items_per_section: args.min_items,
-        max_items_per_section: args.max_items,
+        shard_token_budget: args.sizes.shard_tokens,
+        min_items_per_section: args.sizes.min_items,
+        max_items_per_section: args.sizes.max_items,
     };
     run_coordinator(&args.fleet, args.listen, defaults, cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)

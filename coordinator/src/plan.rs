@@ -115,24 +115,14 @@ impl Planner {
 mod tests {
     use std::collections::HashMap;
 
-    use proto::{GeneratorKind, GeneratorSpec, NodeStatus};
+    use proto::NodeStatus;
 
     use super::*;
 
     fn spec(budget: usize) -> JobSpec {
         JobSpec {
-            instructions: "test".into(),
-            system_prompt: None,
-            generator: GeneratorSpec {
-                kind: GeneratorKind::Extractive,
-                model: None,
-                judge_model: None,
-                temperature: 0.0,
-            },
             shard_token_budget: budget,
-            min_items_per_section: 1,
-            max_items_per_section: 8,
-            token_budget: None,
+            ..JobSpec::extractive("test")
         }
     }
 

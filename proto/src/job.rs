@@ -59,7 +59,32 @@ pub struct JobSpec {
     pub token_budget: Option<u64>,
 }
 
+/// Source tokens per shard unless a job says otherwise.
+pub const DEFAULT_SHARD_TOKEN_BUDGET: usize = 3000;
+/// Accepted items wanted per section unless a job says otherwise.
+pub const DEFAULT_MIN_ITEMS_PER_SECTION: u32 = 1;
+/// Items kept per section unless a job says otherwise.
+pub const DEFAULT_MAX_ITEMS_PER_SECTION: u32 = 8;
+
 impl JobSpec {
+    /// A job with the built-in extractive generator and the default sizes.
+    pub fn extractive(instructions: impl Into<String>) -> Self {
+        JobSpec {
+            instructions: instructions.into(),
+            system_prompt: None,
+            generator: GeneratorSpec {
+                kind: GeneratorKind::Extractive,
+                model: None,
+                judge_model: None,
+                temperature: 0.0,
+            },
+            shard_token_budget: DEFAULT_SHARD_TOKEN_BUDGET,
+            min_items_per_section: DEFAULT_MIN_ITEMS_PER_SECTION,
+            max_items_per_section: DEFAULT_MAX_ITEMS_PER_SECTION,
+            token_budget: None,
+        }
+    }
+
     /// Digest of everything that determines the generated data.
     pub fn fingerprint(&self) -> String {
         let bytes = serde_json::to_vec(self).expect("job spec serializes");

@@ -213,24 +213,15 @@ impl Settle for MemorySettler {
 
 #[cfg(test)]
 mod tests {
-    use proto::{GeneratorKind, GeneratorSpec, JobSpec, ShardSection};
+    use proto::{JobSpec, ShardSection};
 
     use super::*;
 
     fn shard() -> ShardMessage {
         let spec = JobSpec {
-            instructions: "test".into(),
-            system_prompt: None,
-            generator: GeneratorSpec {
-                kind: GeneratorKind::Extractive,
-                model: None,
-                judge_model: None,
-                temperature: 0.0,
-            },
             shard_token_budget: 100,
-            min_items_per_section: 1,
             max_items_per_section: 2,
-            token_budget: None,
+            ..JobSpec::extractive("test")
         };
         let section = ShardSection {
             node_id: "n".into(),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::QueueDeleteOptions;
 use lapin::types::FieldTable;
-use proto::{GeneratorKind, GeneratorSpec, JobSpec, ShardMessage, ShardSection};
+use proto::{JobSpec, ShardMessage, ShardSection};
 use tokio_util::sync::CancellationToken;
 use worker::amqp::{AmqpAdmin, AmqpConfig, AmqpConsumer, AmqpPublisher, ROUTING_KEY};
 use worker::queue::{Delivery, Disposition, QueueError, ShardConsumer, ShardPublisher};
@@ -23,18 +23,9 @@ fn config(delivery_limit: u32) -> AmqpConfig {
 
 fn shard(text: &str) -> ShardMessage {
     let spec = JobSpec {
-        instructions: "test".into(),
-        system_prompt: None,
-        generator: GeneratorSpec {
-            kind: GeneratorKind::Extractive,
-            model: None,
-            judge_model: None,
-            temperature: 0.0,
-        },
         shard_token_budget: 1000,
-        min_items_per_section: 1,
         max_items_per_section: 2,
-        token_budget: None,
+        ..JobSpec::extractive("test")
     };
     let section = ShardSection {
         node_id: "n-1".into(),

@@ -1,7 +1,7 @@
 //! The extractive generator on handwritten regulatory text: question types, verbatim evidence
 //! with exact offsets, determinism, rejections with their reasons, and report arithmetic.
 
-use proto::{GeneratorKind, GeneratorSpec, JobSpec, RejectReason, ShardMessage, ShardSection};
+use proto::{JobSpec, RejectReason, ShardMessage, ShardSection};
 use worker::generate::extractive::ExtractiveGenerator;
 use worker::generate::{Generator, ShardGeneration, locate_quote};
 
@@ -31,18 +31,9 @@ Nothing herein limits the authority granted under section 201(g) of this title t
 
 fn shard(text: &str, max_items: u32) -> ShardMessage {
     let spec = JobSpec {
-        instructions: "A chatbot that specializes in food and drug law.".into(),
-        system_prompt: None,
-        generator: GeneratorSpec {
-            kind: GeneratorKind::Extractive,
-            model: None,
-            judge_model: None,
-            temperature: 0.0,
-        },
         shard_token_budget: 8000,
-        min_items_per_section: 1,
         max_items_per_section: max_items,
-        token_budget: None,
+        ..JobSpec::extractive("A chatbot that specializes in food and drug law.")
     };
     let section = ShardSection {
         node_id: "n-999".into(),
