@@ -10,15 +10,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use proto::job::{
-    DEFAULT_MAX_ITEMS_PER_SECTION, DEFAULT_MIN_ITEMS_PER_SECTION, DEFAULT_SHARD_TOKEN_BUDGET,
+    DEFAULT_MAX_ITEMS_PER_SECTION, DEFAULT_MIN_ITEMS_PER_SECTION, DEFAULT_NEAR_DUPLICATE_THRESHOLD,
+    DEFAULT_SHARD_TOKEN_BUDGET,
 };
 use proto::{GeneratorKind, GeneratorSpec, JobSpec};
 use tokio_util::sync::CancellationToken;
+use worker::cache::ResponseCache;
 use worker::generate::extractive::ExtractiveGenerator;
 use worker::generate::openai::OpenAiGenerator;
 use worker::limits::{MemoryRateLimiter, RateLimiter, RateLimits, RedisRateLimiter};
 use worker::llm::{LlmClient, LlmConfig};
 use worker::process::Generators;
+use worker::store::{LocalStore, ObjectStore};
 
 use crate::embedded::{self, RunError, RunOptions};
 use crate::fleet::api::JobDefaults;
@@ -104,6 +107,18 @@ struct SizeArgs {
     /// Items kept per section at most.
     #[arg(long, default_value_t = DEFAULT_MAX_ITEMS_PER_SECTION)]
     max_items: u32,
+    /// Word-set similarity (0.5–1) from which a question is a near duplicate of an earlier one.
+    #[arg(long, default_value_t = DEFAULT_NEAR_DUPLICATE_THRESHOLD, value_parser = near_duplicate_threshold)]
+    near_duplicate_threshold: f64,
+}
+
+fn near_duplicate_threshold(value: &str) -> Result<f64, String> {
+    let threshold: f64 = value.parse().map_err(|e| format!("{e}"))?;
+    if (0.5..=1.0).contains(&threshold) {
+        Ok(threshold)
+    } else {
+        Err(format!("{threshold} is not between 0.5 and 1"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +287,10 @@ pub struct LlmArgs {
         hide = true
     )]
     llm_rate_window_ms: u64,
+    /// Do not answer repeated LLM requests from the response cache (`cache/llm/` in the output
+    /// directory or bucket).
+    #[arg(long, env = "PRINCIPIA_LLM_NO_CACHE")]
+    no_llm_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -382,11 +401,19 @@ impl LlmArgs {
         Duration::from_millis(self.llm_rate_window_ms.max(1))
     }
 
-    /// The generators this process can run; LLM requests go through `limiter` when limits are set.
-    pub fn generators(&self, limiter: Option<Arc<dyn RateLimiter>>) -> anyhow::Result<Generators> {
+    /// The generators this process can run; LLM requests go through `limiter` when limits are set,
+    /// and are answered from a response cache on `store` unless `--no-llm-cache`.
+    pub fn generators(
+        &self,
+        limiter: Option<Arc<dyn RateLimiter>>,
+        store: Arc<dyn ObjectStore>,
+    ) -> anyhow::Result<Generators> {
         let openai = match self.config()? {
             Some(config) => {
                 let mut client = LlmClient::new(config).context("configuring the LLM client")?;
+                if !self.no_llm_cache {
+                    client = client.with_cache(ResponseCache::new(store));
+                }
                 let limits = self.limits();
                 if limits != RateLimits::default()
                     && let Some(limiter) = limiter
@@ -448,6 +475,7 @@ impl JobArgs {
             min_items_per_section: sizes.min_items,
             max_items_per_section: sizes.max_items,
             token_budget: self.token_budget,
+            near_duplicate_threshold: sizes.near_duplicate_threshold,
         })
     }
 }
@@ -481,7 +509,11 @@ fn cancel_on_signal() -> CancellationToken {
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let spec = args.job.spec()?;
     let limiter = MemoryRateLimiter::with_window(args.job.llm.rate_window());
-    let generators = args.job.llm.generators(Some(Arc::new(limiter)))?;
+    let cache_store = Arc::new(LocalStore::new(&args.out));
+    let generators = args
+        .job
+        .llm
+        .generators(Some(Arc::new(limiter)), cache_store)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let options = RunOptions {
@@ -526,6 +558,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         shard_token_budget: args.sizes.shard_tokens,
         min_items_per_section: args.sizes.min_items,
         max_items_per_section: args.sizes.max_items,
+        near_duplicate_threshold: args.sizes.near_duplicate_threshold,
     };
     run_coordinator(&args.fleet, args.listen, defaults, cancel_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -537,7 +570,9 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .context("connecting to Redis")?;
     let limiter = RedisRateLimiter::new(connection, args.fleet.redis_namespace.clone())
         .with_window(args.llm.rate_window());
-    let generators = args.llm.generators(Some(Arc::new(limiter)))?;
+    let generators = args
+        .llm
+        .generators(Some(Arc::new(limiter)), args.fleet.store().await?)?;
     run_worker(
         &args.fleet,
         args.concurrency,

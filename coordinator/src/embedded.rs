@@ -203,7 +203,13 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
     }
 
     let shard_ids: Vec<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
-    let merged = merge_job(store.as_ref(), &job_id, &shard_ids).await?;
+    let merged = merge_job(
+        store.as_ref(),
+        &job_id,
+        &shard_ids,
+        spec.near_duplicate_threshold,
+    )
+    .await?;
     let dataset = options.out_dir.join("dataset.parquet");
     write_file(&dataset, merged.dataset.clone()).await?;
     let report = report::build(ReportInput {

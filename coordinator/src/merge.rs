@@ -4,14 +4,13 @@
 //! duplicates), and the dataset and its manifest are written with create-only puts: a merge that
 //! runs twice (a restarted coordinator) finds the first result in place.
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
 use proto::dataset::{decode_parquet, encode_parquet};
 use proto::hash::digest;
 use proto::{DatasetError, Record, ShardReport};
 use serde::{Deserialize, Serialize};
-use worker::process::{SHARD_REPORT_KEY, normalise_question, part_key};
+use worker::dedup::NearDuplicates;
+use worker::process::{SHARD_REPORT_KEY, part_key};
 use worker::store::{ObjectStore, StoreError};
 
 pub fn dataset_key(job_id: &str) -> String {
@@ -62,24 +61,26 @@ pub enum MergeError {
 pub struct Merged {
     pub records: Vec<Record>,
     pub shard_reports: Vec<ShardReport>,
-    /// Items dropped because another shard already had the same question.
+    /// Items dropped because an earlier shard had a near-duplicate question.
     pub duplicates: u64,
     pub manifest: Manifest,
     /// The dataset file's bytes, as stored.
     pub dataset: Bytes,
 }
 
-/// Read every part of the job (in the order given), deduplicate across shards, write the dataset
-/// and the manifest.
+/// Read every part of the job (in the order given), drop near duplicates across shards (word-set
+/// similarity from `near_duplicate_threshold`, the first kept), write the dataset and the
+/// manifest.
 pub async fn merge_job(
     store: &dyn ObjectStore,
     job_id: &str,
     shard_ids: &[String],
+    near_duplicate_threshold: f64,
 ) -> Result<Merged, MergeError> {
     let mut records = Vec::new();
     let mut shard_reports = Vec::with_capacity(shard_ids.len());
     let mut parts = Vec::with_capacity(shard_ids.len());
-    let mut seen = HashSet::new();
+    let mut seen = NearDuplicates::new(near_duplicate_threshold);
     let mut duplicates = 0;
     for shard_id in shard_ids {
         let key = part_key(job_id, shard_id);
@@ -105,7 +106,7 @@ pub async fn merge_job(
         });
         shard_reports.push(report);
         for record in part_records {
-            if seen.insert(normalise_question(&record.question)) {
+            if seen.admit(&record.question, &record.answer) {
                 records.push(record);
             } else {
                 duplicates += 1;

@@ -22,6 +22,7 @@ pub struct JobReport {
     pub coverage: Coverage,
     /// Accepted items per question type.
     pub question_types: BTreeMap<String, u64>,
+    pub quality: Quality,
     pub tokens: TokenUsage,
     /// Shards that could not be processed, with the reason.
     pub failed_shards: Vec<FailedShard>,
@@ -64,6 +65,36 @@ pub struct Coverage {
     pub uncovered: Vec<UncoveredSection>,
 }
 
+/// How good the data is, beyond how much of it there is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quality {
+    /// Items the plan step asked for (0 for the extractive generator, which has no plan).
+    pub planned: u64,
+    /// Candidates whose evidence was checked (unusable replies never got that far).
+    pub evidence_checked: u64,
+    /// Share of checked candidates whose every evidence quote is verbatim in the source.
+    pub grounding_rate: f64,
+    /// Share of candidates removed as near duplicates (within shards and across the job).
+    pub duplicate_rate: f64,
+    /// Accepted items that passed only after one refinement.
+    pub refined: u64,
+    /// Per judge criterion, the accepted items' scores.
+    pub scores: BTreeMap<String, ScoreSummary>,
+    /// LLM requests sent per accepted item (cache hits not included).
+    pub calls_per_item: f64,
+    pub prompt_tokens_per_item: f64,
+    pub completion_tokens_per_item: f64,
+}
+
+/// Scores of one criterion (normalised to 0–1) over the accepted items.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSummary {
+    pub mean: f64,
+    /// Items per fifth of the range: [0, 0.2), [0.2, 0.4), ... [0.8, 1] (a 1–5 rubric score s
+    /// lands in bin s - 1).
+    pub histogram: [u64; 5],
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailedShard {
     pub shard_id: String,
@@ -94,6 +125,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
     let mut tokens = TokenUsage::default();
     let mut candidates = 0;
+    let mut planned = 0;
     let mut shard_uncovered: HashMap<&str, &UncoveredSection> = HashMap::new();
     for report in input.shard_reports {
         for (reason, n) in &report.rejected {
@@ -101,6 +133,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
         }
         tokens.add(report.usage);
         candidates += report.candidates;
+        planned += report.planned;
         for section in &report.uncovered {
             shard_uncovered.insert(section.node_id.as_str(), section);
         }
@@ -152,6 +185,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
         })
         .collect();
     let covered = units.len() as u64 - uncovered.len() as u64;
+    let quality = quality(&input, &rejected, candidates, planned, tokens);
     let first = input.shard_reports.first();
     let accepted = input.records.len() as u64;
     let processed = input.shards_total - input.shards_reused - input.failed_shards.len() as u64;
@@ -186,9 +220,74 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
             uncovered,
         },
         question_types,
+        quality,
         tokens,
         failed_shards: input.failed_shards,
         wall_time_ms: input.wall_time_ms,
+    }
+}
+
+/// Reasons under which a candidate never reached the evidence check (an unusable reply counts as
+/// one candidate).
+const UNCHECKED: [proto::RejectReason; 5] = [
+    proto::RejectReason::MalformedReply,
+    proto::RejectReason::EmptyReply,
+    proto::RejectReason::TruncatedReply,
+    proto::RejectReason::LlmError,
+    proto::RejectReason::BudgetExhausted,
+];
+
+fn quality(
+    input: &ReportInput<'_>,
+    rejected: &BTreeMap<String, u64>,
+    candidates: u64,
+    planned: u64,
+    tokens: TokenUsage,
+) -> Quality {
+    let count = |reason: proto::RejectReason| rejected.get(reason.as_str()).copied().unwrap_or(0);
+    let unchecked: u64 = UNCHECKED.into_iter().map(count).sum();
+    let evidence_checked = candidates.saturating_sub(unchecked);
+    let ungrounded = count(proto::RejectReason::EvidenceNotInSource);
+    let mut scores: BTreeMap<String, (f64, [u64; 5])> = BTreeMap::new();
+    for record in input.records {
+        for score in &record.scores {
+            let entry = scores.entry(score.criterion.clone()).or_default();
+            entry.0 += score.value;
+            let bin = ((score.value.clamp(0.0, 1.0) * 5.0) as usize).min(4);
+            entry.1[bin] += 1;
+        }
+    }
+    let accepted = input.records.len() as u64;
+    let per_item = |x: u64| ratio(x, accepted);
+    Quality {
+        planned,
+        evidence_checked,
+        grounding_rate: ratio(
+            evidence_checked.saturating_sub(ungrounded),
+            evidence_checked,
+        ),
+        duplicate_rate: ratio(count(proto::RejectReason::Duplicate), candidates),
+        refined: input
+            .records
+            .iter()
+            .filter(|r| r.verdict == "accept_refined")
+            .count() as u64,
+        scores: scores
+            .into_iter()
+            .map(|(criterion, (sum, histogram))| {
+                let n: u64 = histogram.iter().sum();
+                (
+                    criterion,
+                    ScoreSummary {
+                        mean: if n == 0 { 0.0 } else { sum / n as f64 },
+                        histogram,
+                    },
+                )
+            })
+            .collect(),
+        calls_per_item: per_item(tokens.calls),
+        prompt_tokens_per_item: per_item(tokens.prompt_tokens),
+        completion_tokens_per_item: per_item(tokens.completion_tokens),
     }
 }
 
@@ -252,21 +351,38 @@ pub fn render(report: &JobReport) -> String {
         .map(|(kind, n)| format!("{kind} {n}"))
         .collect();
     let _ = writeln!(out, "question types: {}", types.join(", "));
-    let per_item = |x: u64| {
-        if report.items.accepted == 0 {
-            0.0
-        } else {
-            x as f64 / report.items.accepted as f64
-        }
-    };
+    let quality = &report.quality;
     let _ = writeln!(
         out,
-        "tokens: {} prompt + {} completion in {} calls ({:.1} calls and {:.0} prompt tokens per accepted item)",
+        "quality: {} grounded ({} candidates checked), {} near duplicates, {} accepted after refinement{}",
+        percent(quality.grounding_rate),
+        quality.evidence_checked,
+        percent(quality.duplicate_rate),
+        quality.refined,
+        if quality.planned > 0 {
+            format!(", {} items planned", quality.planned)
+        } else {
+            String::new()
+        }
+    );
+    for (criterion, summary) in &quality.scores {
+        let bins: Vec<String> = summary.histogram.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  score {criterion}: mean {:.2}, by fifths {}",
+            summary.mean,
+            bins.join(" / ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "tokens: {} prompt + {} completion in {} calls, {} more answered from the cache ({:.1} calls and {:.0} prompt tokens per accepted item)",
         report.tokens.prompt_tokens,
         report.tokens.completion_tokens,
         report.tokens.calls,
-        per_item(report.tokens.calls),
-        per_item(report.tokens.prompt_tokens)
+        report.tokens.cached_calls,
+        quality.calls_per_item,
+        quality.prompt_tokens_per_item
     );
     for failed in &report.failed_shards {
         let _ = writeln!(out, "failed shard {}: {}", failed.shard_id, failed.reason);

@@ -57,12 +57,22 @@ pub struct JobSpec {
     /// their sections are reported uncovered with the reason.
     #[serde(default)]
     pub token_budget: Option<u64>,
+    /// Jaccard similarity of two questions' word sets from which the later one is a near
+    /// duplicate and rejected (0.5–1; 1 removes only reworded identical questions).
+    #[serde(default = "default_near_duplicate_threshold")]
+    pub near_duplicate_threshold: f64,
+}
+
+fn default_near_duplicate_threshold() -> f64 {
+    DEFAULT_NEAR_DUPLICATE_THRESHOLD
 }
 
 /// Source tokens per shard unless a job says otherwise.
 pub const DEFAULT_SHARD_TOKEN_BUDGET: usize = 3000;
 /// Accepted items wanted per section unless a job says otherwise.
 pub const DEFAULT_MIN_ITEMS_PER_SECTION: u32 = 1;
+/// Near-duplicate threshold unless a job says otherwise.
+pub const DEFAULT_NEAR_DUPLICATE_THRESHOLD: f64 = 0.8;
 /// Items kept per section unless a job says otherwise.
 pub const DEFAULT_MAX_ITEMS_PER_SECTION: u32 = 8;
 
@@ -82,6 +92,7 @@ impl JobSpec {
             min_items_per_section: DEFAULT_MIN_ITEMS_PER_SECTION,
             max_items_per_section: DEFAULT_MAX_ITEMS_PER_SECTION,
             token_budget: None,
+            near_duplicate_threshold: DEFAULT_NEAR_DUPLICATE_THRESHOLD,
         }
     }
 

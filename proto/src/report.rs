@@ -34,6 +34,8 @@ pub enum RejectReason {
     LlmError,
     /// The job's token budget was spent.
     BudgetExhausted,
+    /// Revised once after a fixable critique, and still not accepted.
+    RefineRejected,
 }
 
 impl RejectReason {
@@ -51,15 +53,20 @@ impl RejectReason {
             RejectReason::TruncatedReply => "truncated_reply",
             RejectReason::LlmError => "llm_error",
             RejectReason::BudgetExhausted => "budget_exhausted",
+            RejectReason::RefineRejected => "refine_rejected",
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUsage {
+    /// Requests answered by the server.
     pub calls: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Requests answered from the response cache (no tokens spent).
+    #[serde(default)]
+    pub cached_calls: u64,
 }
 
 impl TokenUsage {
@@ -67,6 +74,7 @@ impl TokenUsage {
         self.calls += other.calls;
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
+        self.cached_calls += other.cached_calls;
     }
 
     pub fn total(&self) -> u64 {
@@ -90,6 +98,9 @@ pub struct ShardReport {
     #[serde(default)]
     pub model: Option<String>,
     pub sections: u64,
+    /// Items the plan step asked for (0 for generators without one).
+    #[serde(default)]
+    pub planned: u64,
     /// Candidates produced before critique.
     pub candidates: u64,
     pub accepted: u64,

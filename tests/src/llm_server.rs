@@ -5,15 +5,16 @@
 //! `Target section: number N` line and no judge candidates) with items whose answers and evidence
 //! are real sentences of that section, taken from the `<section number="N" ...>` block of the
 //! `<source>` in the first message; it answers a judge request (`principia_verdicts`, or a prompt
-//! with a `<candidates>` block) by accepting every candidate with top scores. Anything else gets
-//! a short plain reply. Replies carry `usage` estimated from text length (4 bytes a token).
+//! with a `<candidates>` block) by accepting every candidate with top scores; it answers a refine
+//! request (`principia_revisions`) by returning every candidate with its question reworded.
+//! Anything else gets a short plain reply. Replies carry `usage` estimated from text length (4 bytes a token).
 //!
 //! [`ServerConfig`] adds latency, faults and scripts, applied in this order to each request:
 //! capacity (`max_concurrent`: excess requests wait), latency, API key (401), model (404),
 //! the first `fail_first_429` requests get 429 with `Retry-After`, the next `fail_first_500` get
 //! 500, then the `scripted` replies are served in order, then generation and judge replies may be
 //! made malformed (`malformed_first`, `malformed_every`), carry a fabricated quote
-//! (`fabricate_evidence`) or reject (`judge_reject`).
+//! (`fabricate_evidence`) or reject (`judge_reject`, `judge_fixable`, `judge_reject_first`).
 //!
 //! [`RunningServer`] counts what it received by [`RequestKind`] and can record request bodies.
 
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 /// Schema names used by Principia's prompts (`worker::generate::openai`).
 pub const ITEMS_SCHEMA_NAME: &str = "principia_items";
 pub const VERDICTS_SCHEMA_NAME: &str = "principia_verdicts";
+pub const REVISIONS_SCHEMA_NAME: &str = "principia_revisions";
 
 /// A reply served instead of the default one, in order, before the default behaviour resumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +105,10 @@ pub struct ServerConfig {
     pub fabricate_evidence: bool,
     /// The judge rejects every candidate (low scores, verdict `reject`).
     pub judge_reject: bool,
+    /// The judge's rejections say `fixable: true`.
+    pub judge_fixable: bool,
+    /// The first this many judge requests reject every candidate as fixable.
+    pub judge_reject_first: u32,
     /// Items per generation reply at most (also bounded by the prompt's maximum).
     pub items_per_reply: usize,
     /// Requests processed at once at most; excess requests wait.
@@ -130,6 +136,8 @@ impl Default for ServerConfig {
             malformed_every: 0,
             fabricate_evidence: false,
             judge_reject: false,
+            judge_fixable: false,
+            judge_reject_first: 0,
             items_per_reply: 3,
             max_concurrent: None,
             api_key: None,
@@ -145,6 +153,7 @@ impl Default for ServerConfig {
 pub enum RequestKind {
     Generate,
     Judge,
+    Refine,
     Other,
 }
 
@@ -170,6 +179,7 @@ pub struct ServerStats {
     pub requests: u64,
     pub generate: u64,
     pub judge: u64,
+    pub refine: u64,
     pub other: u64,
     pub rate_limited: u64,
     pub server_errors: u64,
@@ -186,6 +196,7 @@ struct Counters {
     requests: AtomicU64,
     generate: AtomicU64,
     judge: AtomicU64,
+    refine: AtomicU64,
     other: AtomicU64,
     rate_limited: AtomicU64,
     server_errors: AtomicU64,
@@ -194,6 +205,7 @@ struct Counters {
     scripted: AtomicU64,
     malformed: AtomicU64,
     json_replies: AtomicU64,
+    judged: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
 }
@@ -263,6 +275,7 @@ impl RunningServer {
             requests: get(&c.requests),
             generate: get(&c.generate),
             judge: get(&c.judge),
+            refine: get(&c.refine),
             other: get(&c.other),
             rate_limited: get(&c.rate_limited),
             server_errors: get(&c.server_errors),
@@ -285,6 +298,7 @@ impl RunningServer {
         match kind {
             RequestKind::Generate => stats.generate,
             RequestKind::Judge => stats.judge,
+            RequestKind::Refine => stats.refine,
             RequestKind::Other => stats.other,
         }
     }
@@ -374,6 +388,7 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
     match kind {
         RequestKind::Generate => &counters.generate,
         RequestKind::Judge => &counters.judge,
+        RequestKind::Refine => &counters.refine,
         RequestKind::Other => &counters.other,
     }
     .fetch_add(1, Ordering::SeqCst);
@@ -474,17 +489,22 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
 
     let content = match kind {
         RequestKind::Other => "OK".to_string(),
-        RequestKind::Generate | RequestKind::Judge => {
+        RequestKind::Generate | RequestKind::Judge | RequestKind::Refine => {
             let n = counters.json_replies.fetch_add(1, Ordering::SeqCst) + 1;
             let malformed = n <= u64::from(config.malformed_first)
                 || (config.malformed_every > 0 && n % u64::from(config.malformed_every) == 0);
             if malformed {
                 counters.malformed.fetch_add(1, Ordering::SeqCst);
                 "{\"items\": [{\"question\": \"unterminated".to_string()
-            } else if kind == RequestKind::Generate {
-                generate_reply(config, &request)
             } else {
-                judge_reply(config, &request)
+                match kind {
+                    RequestKind::Generate => generate_reply(config, &request),
+                    RequestKind::Refine => refine_reply(&request),
+                    _ => {
+                        let n = counters.judged.fetch_add(1, Ordering::SeqCst) + 1;
+                        judge_reply(config, &request, n <= u64::from(config.judge_reject_first))
+                    }
+                }
             }
         }
     };
@@ -540,6 +560,7 @@ fn request_kind(request: &Value) -> RequestKind {
     match request["response_format"]["json_schema"]["name"].as_str() {
         Some(ITEMS_SCHEMA_NAME) => return RequestKind::Generate,
         Some(VERDICTS_SCHEMA_NAME) => return RequestKind::Judge,
+        Some(REVISIONS_SCHEMA_NAME) => return RequestKind::Refine,
         _ => {}
     }
     let all: String = request["messages"]
@@ -646,14 +667,22 @@ fn generate_reply(config: &ServerConfig, request: &Value) -> String {
         .take(limit)
         .enumerate()
         .map(|(i, sentence)| {
-            let topic: Vec<String> = sentence
+            // The first five and the last four words: distinct sentences give distinct questions.
+            let words: Vec<String> = sentence
                 .split_whitespace()
-                .take(5)
                 .map(|w| {
                     w.trim_matches(|c: char| !c.is_alphanumeric())
                         .to_lowercase()
                 })
                 .collect();
+            let mut topic: Vec<String> = words.iter().take(5).cloned().collect();
+            topic.push("...".into());
+            topic.extend(
+                words
+                    .iter()
+                    .skip(5.max(words.len().saturating_sub(4)))
+                    .cloned(),
+            );
             let evidence = if config.fabricate_evidence && i == 0 {
                 "This sentence was invented and appears nowhere in the source text.".to_string()
             } else {
@@ -674,19 +703,49 @@ fn generate_reply(config: &ServerConfig, request: &Value) -> String {
     json!({"items": items}).to_string()
 }
 
-fn judge_reply(config: &ServerConfig, request: &Value) -> String {
-    // The block is the last `<candidates>` of the prompt (the prose before it may name the tag).
+/// The candidates of a judge or refine prompt: the last `<candidates>` block (the prose before
+/// it may name the tag).
+fn candidates(request: &Value) -> Vec<Value> {
     let prompt = user_message_with(request, "<candidates>");
-    let candidates = prompt
+    prompt
         .rsplit_once("<candidates>")
         .and_then(|(_, rest)| rest.split("</candidates>").next())
         .and_then(|c| serde_json::from_str::<Vec<Value>>(c.trim()).ok())
-        .unwrap_or_default();
-    let (score, verdict, reason) = if config.judge_reject {
+        .unwrap_or_default()
+}
+
+/// Every candidate back, revised: its question prefixed with "Precisely, ", lower-casing the
+/// original's first letter.
+fn refine_reply(request: &Value) -> String {
+    let items: Vec<Value> = candidates(request)
+        .into_iter()
+        .map(|c| {
+            let question = c["question"].as_str().unwrap_or("");
+            let mut chars = question.chars();
+            let revised = match chars.next() {
+                Some(first) => format!("Precisely, {}{}", first.to_lowercase(), chars.as_str()),
+                None => String::new(),
+            };
+            json!({
+                "index": c["index"],
+                "question": revised,
+                "answer": c["answer"],
+                "evidence": c["evidence"],
+                "question_type": c["question_type"],
+            })
+        })
+        .collect();
+    json!({"items": items}).to_string()
+}
+
+fn judge_reply(config: &ServerConfig, request: &Value, reject_first: bool) -> String {
+    let candidates = candidates(request);
+    let (score, verdict, reason) = if config.judge_reject || reject_first {
         (2, "reject", "The answer is not supported by the section.")
     } else {
         (5, "accept", "Grounded, specific and self-contained.")
     };
+    let fixable = reject_first || (config.judge_reject && config.judge_fixable);
     let verdicts: Vec<Value> = (0..candidates.len())
         .map(|index| {
             json!({
@@ -697,6 +756,7 @@ fn judge_reply(config: &ServerConfig, request: &Value) -> String {
                 "self_containedness": score,
                 "citation": score,
                 "verdict": verdict,
+                "fixable": fixable,
                 "reason": reason,
             })
         })

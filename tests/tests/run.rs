@@ -317,6 +317,79 @@ async fn an_openai_run_retries_through_faults_and_keeps_judged_items() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_report_measures_quality_and_a_rerun_after_a_crash_calls_nothing_again() {
+    let llm = tests::spawn(tests::ServerConfig {
+        fabricate_evidence: true,
+        judge_reject_first: 1,
+        ..tests::ServerConfig::default()
+    })
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let output = principia::run(&mut run_openai(&llm.url, out.path(), &[]));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(out.path());
+    let quality = &report["quality"];
+    let records = read_dataset(&out.path().join("dataset.parquet"));
+    // One fabricated quote per section's reply: grounding is measured, below 1.
+    let checked = quality["evidence_checked"].as_u64().unwrap();
+    let ungrounded = report["rejected"]["evidence_not_in_source"]
+        .as_u64()
+        .unwrap();
+    assert!(ungrounded > 0);
+    let grounding = quality["grounding_rate"].as_f64().unwrap();
+    assert!((grounding - (checked - ungrounded) as f64 / checked as f64).abs() < 1e-9);
+    assert!(quality["planned"].as_u64().unwrap() >= report["sections"]["units"].as_u64().unwrap());
+    let faithfulness = &quality["scores"]["faithfulness"];
+    let binned: u64 = faithfulness["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(binned, records.len() as u64);
+    let refined = records
+        .iter()
+        .filter(|r| r.verdict == "accept_refined")
+        .count() as u64;
+    assert_eq!(quality["refined"], refined);
+    let calls = report["tokens"]["calls"].as_u64().unwrap();
+    let per_item = quality["calls_per_item"].as_f64().unwrap();
+    assert!((per_item - calls as f64 / records.len() as f64).abs() < 1e-9);
+    let rendered = principia::run(
+        principia::command()
+            .arg("report")
+            .arg(out.path().join("report.json")),
+    );
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(text.contains("grounded"), "{text}");
+
+    // A crash before any part was written: every LLM reply is in the response cache, so the
+    // same command makes the same dataset without a single request.
+    let sent = llm.requests();
+    std::fs::remove_dir_all(out.path().join("jobs")).unwrap();
+    std::fs::remove_file(out.path().join("dataset.parquet")).unwrap();
+    std::fs::remove_file(out.path().join("report.json")).unwrap();
+    let output = principia::run(&mut run_openai(&llm.url, out.path(), &[]));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(llm.requests(), sent, "no request was sent again");
+    let again = read_dataset(&out.path().join("dataset.parquet"));
+    let ids = |r: &[Record]| r.iter().map(|r| r.record_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&records));
+    let report = read_report(out.path());
+    assert_eq!(report["tokens"]["calls"], 0);
+    assert_eq!(report["tokens"]["cached_calls"], calls);
+    llm.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_keeps_finished_shards_and_the_same_command_resumes() {
     let llm = tests::spawn(tests::ServerConfig {
         latency: std::time::Duration::from_millis(300),

@@ -5,6 +5,8 @@
 //! create-only put, and only then acknowledges the message.
 
 pub mod amqp;
+pub mod cache;
+pub mod dedup;
 pub mod generate;
 pub mod limits;
 pub mod llm;

@@ -15,6 +15,10 @@
 //! The API key is sent as a bearer token and never logged: [`LlmConfig`]'s `Debug` redacts it and
 //! error messages from the server are scrubbed of it.
 //!
+//! With a [`ResponseCache`] ([`LlmClient::with_cache`]) a request identical to an earlier
+//! successful one is answered from the cache: no request, no rate-limit wait, no tokens spent
+//! (`usage.cached_calls` = 1).
+//!
 //! Counters for calls, retries, tokens and latency are kept in [`LlmMetrics`], read with
 //! [`LlmClient::metrics`].
 
@@ -31,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::cache::{CachedReply, ResponseCache};
 use crate::limits::{RateLimiter, RateLimits};
 use crate::metrics;
 
@@ -281,6 +286,8 @@ pub struct ChatResponse {
     pub attempts: u32,
     /// Wall time of the whole call, retries and waits included.
     pub latency: Duration,
+    /// Whether the reply came from the response cache (no request was sent).
+    pub cached: bool,
 }
 
 impl ChatResponse {
@@ -372,6 +379,8 @@ pub struct LlmClient {
     metrics: LlmMetrics,
     /// Fleet-wide (Redis) or process-wide limits of the endpoint, when configured.
     limiter: Option<(Arc<dyn RateLimiter>, RateLimits)>,
+    /// Replies of earlier identical requests, when configured.
+    cache: Option<ResponseCache>,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -414,6 +423,7 @@ impl LlmClient {
             permits,
             metrics: LlmMetrics::default(),
             limiter: None,
+            cache: None,
         })
     }
 
@@ -421,6 +431,12 @@ impl LlmClient {
     /// Redis limiter), keyed by the endpoint URL.
     pub fn with_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>, limits: RateLimits) -> Self {
         self.limiter = Some((limiter, limits));
+        self
+    }
+
+    /// Answer requests identical to earlier ones from `cache` instead of the server.
+    pub fn with_cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
         self
     }
 
@@ -453,6 +469,25 @@ impl LlmClient {
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let started = Instant::now();
         let body = request.body();
+        let cache_key = self.cache.as_ref().map(|_| ResponseCache::key(&body));
+        if let (Some(cache), Some(key)) = (&self.cache, &cache_key)
+            && let Some(cached) = cache.get(key).await
+        {
+            metrics::LLM_CACHE_HITS.inc();
+            return Ok(ChatResponse {
+                content: cached.content,
+                finish_reason: cached.finish_reason,
+                usage: TokenUsage {
+                    cached_calls: 1,
+                    ..TokenUsage::default()
+                },
+                usage_estimated: false,
+                model: cached.model,
+                attempts: 0,
+                latency: started.elapsed(),
+                cached: true,
+            });
+        }
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -486,6 +521,16 @@ impl LlmClient {
                         &self.metrics.latency_micros,
                         u64::try_from(response.latency.as_micros()).unwrap_or(u64::MAX),
                     );
+                    if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
+                        let entry = CachedReply {
+                            content: response.content.clone(),
+                            finish_reason: response.finish_reason.clone(),
+                            model: response.model.clone(),
+                            prompt_tokens: response.usage.prompt_tokens,
+                            completion_tokens: response.usage.completion_tokens,
+                        };
+                        cache.put(key, &entry).await;
+                    }
                     return Ok(response);
                 }
                 Attempt::Fail(error) => {
@@ -734,11 +779,13 @@ fn parse_reply(request: &ChatRequest, bytes: &[u8]) -> Result<ChatResponse, Stri
             calls: 1,
             prompt_tokens,
             completion_tokens,
+            cached_calls: 0,
         },
         usage_estimated: reported.is_none(),
         model: wire.model.unwrap_or_else(|| request.model.clone()),
         attempts: 1,
         latency: Duration::ZERO,
+        cached: false,
     })
 }
 

@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -182,6 +182,16 @@ pub fn render() -> String {
         .expect("text encoding");
     String::from_utf8(buffer).expect("metrics are UTF-8")
 }
+
+pub static LLM_CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "principia_llm_cache_hits_total",
+            "LLM requests answered from the response cache instead of the server.",
+        )
+        .expect("metric"),
+    )
+});
 
 pub static LLM_RATE_LIMIT_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
     register(

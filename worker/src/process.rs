@@ -1,7 +1,7 @@
 //! Processing one shard: decode, skip if already done, generate, turn items into rows, check
 //! coverage, write the part with a create-only put. Errors carry their queue disposition.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +13,8 @@ use proto::{
     ShardReport, UncoveredSection,
 };
 
-use crate::generate::{GenerateError, GeneratedItem, Generator};
+use crate::dedup::NearDuplicates;
+use crate::generate::{GenerateError, GeneratedItem, Generator, ShardGeneration};
 use crate::limits::{LimitError, TokenBudget};
 use crate::queue::Disposition;
 use crate::store::{ObjectStore, PutOutcome, StoreError, validate_key};
@@ -175,14 +176,16 @@ impl ShardProcessor {
             }
         };
 
+        let mut generation = generation;
+        let items = std::mem::take(&mut generation.items);
+        let records = to_records(shard, generator.as_ref(), items, &mut generation);
         let mut report = generation.report;
         report.shard_id = shard.shard_id.clone();
         report.generator = generator.name().to_string();
         report.model = generator.model(&shard.spec);
         report.sections = shard.sections.len() as u64;
-        let records = to_records(shard, generator.as_ref(), generation.items, &mut report);
         report.accepted = records.len() as u64;
-        report.uncovered = uncovered(shard, &records, &report);
+        report.uncovered = uncovered(shard, &records, &report, &generation.section_rejections);
         report.duration_ms = started.elapsed().as_millis() as u64;
 
         let report_json = serde_json::to_string(&report).expect("report serializes");
@@ -204,21 +207,13 @@ impl ShardProcessor {
     }
 }
 
-/// Normalised form of a question for exact-duplicate detection (case, punctuation, spacing).
-pub fn normalise_question(question: &str) -> String {
-    question
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
+/// Rows of the accepted items; items of sections outside the shard and near duplicates of
+/// earlier items of the shard (across its sections) are counted in `generation` and dropped.
 fn to_records(
     shard: &ShardMessage,
     generator: &dyn Generator,
     items: Vec<GeneratedItem>,
-    report: &mut ShardReport,
+    generation: &mut ShardGeneration,
 ) -> Vec<Record> {
     let created_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -229,16 +224,16 @@ fn to_records(
         .iter()
         .map(|s| (s.node_id.as_str(), s))
         .collect();
-    let mut seen = HashSet::new();
+    let mut seen = NearDuplicates::new(shard.spec.near_duplicate_threshold);
     let mut records = Vec::with_capacity(items.len());
     for item in items {
         let Some(section) = sections.get(item.node_id.as_str()) else {
             // An item for a section outside the shard cannot be traced: count it, keep nothing.
-            report.reject(RejectReason::EvidenceNotInSource);
+            generation.reject(&item.node_id, RejectReason::EvidenceNotInSource);
             continue;
         };
-        if !seen.insert(normalise_question(&item.question)) {
-            report.reject(RejectReason::Duplicate);
+        if !seen.admit(&item.question, &item.answer) {
+            generation.reject(&item.node_id, RejectReason::Duplicate);
             continue;
         }
         let mut messages = Vec::with_capacity(3);
@@ -286,6 +281,7 @@ fn to_records(
             created_at,
         });
     }
+    let report = &mut generation.report;
     report.question_types = BTreeMap::new();
     for record in &records {
         *report
@@ -296,39 +292,46 @@ fn to_records(
     records
 }
 
-/// Sections of the shard with fewer accepted items than the job's minimum.
+/// Sections of the shard with fewer accepted items than the job's minimum, each with the
+/// rejections of its own candidates as the reason.
 fn uncovered(
     shard: &ShardMessage,
     records: &[Record],
     report: &ShardReport,
+    section_rejections: &BTreeMap<String, BTreeMap<RejectReason, u64>>,
 ) -> Vec<UncoveredSection> {
     let minimum = u64::from(shard.spec.min_items_per_section.max(1));
     let mut accepted: BTreeMap<&str, u64> = BTreeMap::new();
     for record in records {
         *accepted.entry(record.node_id.as_str()).or_insert(0) += 1;
     }
-    let rejections = if let Some(reason) = &report.uncovered_reason {
-        reason.clone()
-    } else if report.rejected.is_empty() {
-        "no candidate could be generated from its text".to_string()
-    } else {
-        let reasons: Vec<String> = report
-            .rejected
-            .iter()
-            .map(|(reason, n)| format!("{} {n}", reason.as_str()))
-            .collect();
-        format!("shard rejections: {}", reasons.join(", "))
-    };
     shard
         .sections
         .iter()
         .filter_map(|section| {
             let got = accepted.get(section.node_id.as_str()).copied().unwrap_or(0);
-            (got < minimum).then(|| UncoveredSection {
+            if got >= minimum {
+                return None;
+            }
+            let why = match (
+                &report.uncovered_reason,
+                section_rejections.get(&section.node_id),
+            ) {
+                (Some(reason), _) => reason.clone(),
+                (None, Some(rejected)) if !rejected.is_empty() => {
+                    let reasons: Vec<String> = rejected
+                        .iter()
+                        .map(|(reason, n)| format!("{} {n}", reason.as_str()))
+                        .collect();
+                    format!("rejected: {}", reasons.join(", "))
+                }
+                (None, _) => "no candidate could be generated from its text".to_string(),
+            };
+            Some(UncoveredSection {
                 node_id: section.node_id.clone(),
                 citation: section.citation.clone(),
                 accepted: got,
-                reason: format!("{got} of {minimum} required items accepted; {rejections}"),
+                reason: format!("{got} of {minimum} required items accepted; {why}"),
             })
         })
         .collect()

@@ -28,6 +28,7 @@ pub struct JobDefaults {
     pub shard_token_budget: usize,
     pub min_items_per_section: u32,
     pub max_items_per_section: u32,
+    pub near_duplicate_threshold: f64,
 }
 
 #[derive(Clone)]
@@ -323,6 +324,7 @@ async fn generate(
         min_items_per_section: min_items,
         max_items_per_section: max_items,
         token_budget: body.token_budget,
+        near_duplicate_threshold: defaults.near_duplicate_threshold,
     };
     let job = state
         .coordinator

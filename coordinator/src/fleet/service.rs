@@ -595,7 +595,8 @@ impl Coordinator {
         let id = job.id.clone();
         let (tree, shards) = self.prepare(&id).await.map_err(ServiceError::Invalid)?;
         let shard_ids: Vec<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
-        let merged = match merge_job(self.store.as_ref(), &id, &shard_ids).await {
+        let threshold = job.spec.near_duplicate_threshold;
+        let merged = match merge_job(self.store.as_ref(), &id, &shard_ids, threshold).await {
             Ok(merged) => merged,
             Err(error) => {
                 self.fail(&id, format!("merging the parts failed: {error}"))

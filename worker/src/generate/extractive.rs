@@ -37,7 +37,7 @@
 //! [`MAX_SENTENCE_BYTES`] are not candidates. Output depends on the input only: no clock, no
 //! hash-map iteration, so a re-run is byte-identical.
 //!
-//! The critique helpers ([`check_answer`], [`check_question`], [`Dedup`]) are shared with the
+//! The critique helpers ([`check_answer`], [`check_question`]) and the analyser ([`section_rules`]) are shared with the
 //! `openai` generator.
 
 use std::collections::BTreeSet;
@@ -146,6 +146,15 @@ impl Generator for ExtractiveGenerator {
     }
 }
 
+/// The rules the analyser finds in a section: each candidate's kind and the source text it rests
+/// on, in text order. The `openai` generator's plan step sizes and steers generation with them.
+pub fn section_rules(section: &ShardSection) -> Vec<(QuestionType, Quote)> {
+    section_candidates(section)
+        .into_iter()
+        .filter_map(|candidate| Some((candidate.qtype, candidate.evidence.into_iter().next()?)))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Critique helpers (shared with the openai generator)
 // ---------------------------------------------------------------------------------------------
@@ -206,13 +215,13 @@ fn content_words(text: &str) -> impl Iterator<Item = String> + '_ {
 
 /// Questions seen in a section, compared case- and punctuation-insensitively.
 #[derive(Debug, Default)]
-pub struct Dedup {
+struct Dedup {
     seen: BTreeSet<String>,
 }
 
 impl Dedup {
     /// `Err(Duplicate)` when an equivalent question was already admitted.
-    pub fn admit(&mut self, question: &str) -> Result<(), RejectReason> {
+    fn admit(&mut self, question: &str) -> Result<(), RejectReason> {
         let key: String = question
             .split(|c: char| !c.is_alphanumeric())
             .filter(|w| !w.is_empty())
@@ -287,13 +296,13 @@ fn critique_section(
             .and_then(|()| dedup.admit(&candidate.question));
         match verdict {
             Ok(()) => passed.push(candidate),
-            Err(reason) => generation.reject(reason),
+            Err(reason) => generation.reject(&section.node_id, reason),
         }
     }
     let types: Vec<&str> = passed.iter().map(|c| c.qtype.as_str()).collect();
     let keep = select_diverse(&types, cap);
     for _ in keep.len()..passed.len() {
-        generation.reject(RejectReason::OverSectionCap);
+        generation.reject(&section.node_id, RejectReason::OverSectionCap);
     }
     for index in keep {
         let candidate = passed[index].clone();

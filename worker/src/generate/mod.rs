@@ -6,6 +6,9 @@
 
 pub mod extractive;
 pub mod openai;
+pub mod plan;
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use proto::{JobSpec, RejectReason, Score, ShardMessage, ShardReport};
@@ -40,11 +43,20 @@ pub struct Quote {
 pub struct ShardGeneration {
     pub items: Vec<GeneratedItem>,
     pub report: ShardReport,
+    /// Rejections per section (node id), for the uncovered list's reasons.
+    pub section_rejections: BTreeMap<String, BTreeMap<RejectReason, u64>>,
 }
 
 impl ShardGeneration {
-    pub fn reject(&mut self, reason: RejectReason) {
+    /// Count a rejected candidate of the section `node_id`.
+    pub fn reject(&mut self, node_id: &str, reason: RejectReason) {
         self.report.reject(reason);
+        *self
+            .section_rejections
+            .entry(node_id.to_string())
+            .or_default()
+            .entry(reason)
+            .or_insert(0) += 1;
     }
 }
 

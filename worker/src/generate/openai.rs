@@ -38,20 +38,24 @@ use proto::{JobSpec, RejectReason, Score, ShardMessage, ShardSection, TokenUsage
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extractive::{Dedup, QuestionType, check_answer, check_question};
+use super::extractive::{QuestionType, check_answer, check_question};
+use super::plan::plan_section;
 use super::{GenerateError, GeneratedItem, Generator, Quote, ShardGeneration, locate_quote};
+use crate::dedup::NearDuplicates;
 use crate::llm::{ChatMessage, ChatRequest, JsonSchemaFormat, LlmClient, LlmError};
 
-/// Versions of the three templates, recorded in every row.
-pub const PROMPT_VERSION: &str = "openai-ctx-1/gen-1/judge-1";
+/// Versions of the plan and the four templates, recorded in every row.
+pub const PROMPT_VERSION: &str = "openai-ctx-1/plan-1/gen-2/judge-2/refine-1";
 
 const CONTEXT_TEMPLATE: &str = include_str!("../../prompts/context.v1.md");
-const GENERATE_TEMPLATE: &str = include_str!("../../prompts/generate.v1.md");
-const JUDGE_TEMPLATE: &str = include_str!("../../prompts/judge.v1.md");
+const GENERATE_TEMPLATE: &str = include_str!("../../prompts/generate.v2.md");
+const JUDGE_TEMPLATE: &str = include_str!("../../prompts/judge.v2.md");
+const REFINE_TEMPLATE: &str = include_str!("../../prompts/refine.v1.md");
 
 /// `response_format` schema names; the test server recognises requests by them.
 pub const ITEMS_SCHEMA_NAME: &str = "principia_items";
 pub const VERDICTS_SCHEMA_NAME: &str = "principia_verdicts";
+pub const REVISIONS_SCHEMA_NAME: &str = "principia_revisions";
 
 /// Extra attempts after an unusable (empty, truncated, malformed) reply.
 pub const REPAIR_ATTEMPTS: u32 = 2;
@@ -65,7 +69,9 @@ pub const CRITERIA: [&str; 5] = [
     "citation",
 ];
 
-/// Question types the generator may use: the extractive ones and `other`.
+/// Question types the generator may use besides the extractive ones (the plan's applied
+/// scenarios and out-of-scope requests, and anything else).
+const EXTRA_TYPES: [&str; 3] = ["scenario", "out_of_scope", "other"];
 const OTHER_TYPE: &str = "other";
 
 /// The LLM generator; see the module docs.
@@ -115,19 +121,20 @@ impl Generator for OpenAiGenerator {
         )
         .await?;
         let mut generation = ShardGeneration::default();
-        let report = &mut generation.report;
-        report.shard_id = shard.shard_id.clone();
-        report.generator = self.name().to_string();
-        report.model = self.model(&shard.spec);
-        report.sections = shard.sections.len() as u64;
+        generation.report.shard_id = shard.shard_id.clone();
+        generation.report.generator = self.name().to_string();
+        generation.report.model = self.model(&shard.spec);
+        generation.report.sections = shard.sections.len() as u64;
         for outcome in outcomes {
-            report.candidates += outcome.candidates;
-            report.usage.add(outcome.usage);
+            generation.report.candidates += outcome.candidates;
+            generation.report.planned += u64::from(outcome.planned);
+            generation.report.usage.add(outcome.usage);
             for reason in outcome.rejected {
-                report.reject(reason);
+                generation.reject(&outcome.node_id, reason);
             }
             for item in &outcome.items {
-                *report
+                *generation
+                    .report
                     .question_types
                     .entry(item.question_type.clone())
                     .or_insert(0) += 1;
@@ -141,7 +148,9 @@ impl Generator for OpenAiGenerator {
 
 #[derive(Debug, Default)]
 struct SectionOutcome {
+    node_id: String,
     items: Vec<GeneratedItem>,
+    planned: u32,
     candidates: u64,
     rejected: Vec<RejectReason>,
     usage: TokenUsage,
@@ -153,6 +162,20 @@ struct Pending {
     answer: String,
     evidence: Vec<Quote>,
     question_type: String,
+}
+
+/// What the judge said about a candidate that it did not accept.
+struct Critique {
+    candidate: Pending,
+    reason: String,
+}
+
+/// Judged candidates: the accepted ones with their mean score, and the rejections the judge
+/// called fixable, with its reason (only on a first judgement; a revision is judged once).
+#[derive(Default)]
+struct Judged {
+    accepted: Vec<(f64, GeneratedItem)>,
+    fixable: Vec<Critique>,
 }
 
 impl OpenAiGenerator {
@@ -173,6 +196,7 @@ impl OpenAiGenerator {
         (model, judge)
     }
 
+    /// Plan, generate, check, judge, refine once and cap one section; see the module docs.
     async fn section(
         &self,
         shard: &ShardMessage,
@@ -180,31 +204,52 @@ impl OpenAiGenerator {
         number: usize,
         section: &ShardSection,
     ) -> Result<SectionOutcome, GenerateError> {
-        let mut outcome = SectionOutcome::default();
-        let max = shard.spec.max_items_per_section;
-        if max == 0 {
+        let mut outcome = SectionOutcome {
+            node_id: section.node_id.clone(),
+            ..SectionOutcome::default()
+        };
+        let spec = &shard.spec;
+        let plan = plan_section(
+            section,
+            spec.min_items_per_section,
+            spec.max_items_per_section,
+        );
+        outcome.planned = plan.target;
+        if plan.target == 0 {
             return Ok(outcome);
         }
-        let min = shard.spec.min_items_per_section.min(max);
-        let number_text = number.to_string();
+        let target = SectionTarget {
+            context,
+            number: number.to_string(),
+            section,
+        };
         let prompt = render(
             GENERATE_TEMPLATE,
             &[
-                ("min_items", &min.to_string()),
-                ("max_items", &max.to_string()),
-                ("section_number", &number_text),
+                (
+                    "min_items",
+                    &spec.min_items_per_section.clamp(1, plan.target).to_string(),
+                ),
+                ("target_items", &plan.target.to_string()),
+                ("section_number", &target.number),
                 ("citation", &section.citation),
                 ("section_path", &section.section_path.join(" > ")),
+                ("plan", &plan.render()),
             ],
         );
-        let (model, judge_model) = self.models(&shard.spec);
+        let (model, _) = self.models(spec);
         let mut request = ChatRequest::new(
             model,
             vec![ChatMessage::system(context), ChatMessage::user(prompt)],
         );
-        request.temperature = Some(shard.spec.generator.temperature);
-        request.max_tokens = Some(max.saturating_mul(400).saturating_add(400).min(16_384));
-        request.response_format = Some(items_format());
+        request.temperature = Some(spec.generator.temperature);
+        request.max_tokens = Some(
+            plan.target
+                .saturating_mul(400)
+                .saturating_add(400)
+                .min(16_384),
+        );
+        request.response_format = Some(items_format(ITEMS_SCHEMA_NAME, false));
         let items = match self
             .ask(request, &mut outcome.usage, parse_items)
             .await
@@ -219,42 +264,60 @@ impl OpenAiGenerator {
         };
         outcome.candidates = items.len() as u64;
 
-        let mut dedup = Dedup::default();
-        let mut pending = Vec::new();
-        for item in items {
-            let checked = locate_all(section, &item.evidence).and_then(|evidence| {
-                check_answer(&item.answer)?;
-                check_question(&item.question, &item.answer)?;
-                dedup.admit(&item.question)?;
-                Ok(evidence)
-            });
-            match checked {
-                Ok(evidence) => pending.push(Pending {
-                    question: item.question.trim().to_string(),
-                    answer: item.answer.trim().to_string(),
-                    evidence,
-                    question_type: normalise_type(&item.question_type),
-                }),
-                Err(reason) => outcome.rejected.push(reason),
+        let mut seen = NearDuplicates::new(spec.near_duplicate_threshold);
+        let pending = check_candidates(section, items, &mut seen, &mut outcome.rejected);
+        let judged = self
+            .judge(spec, &target, pending, false, &mut outcome)
+            .await?;
+        let mut accepted = judged.accepted;
+        if !judged.fixable.is_empty() {
+            // Refined questions are compared with the accepted ones only: a revision is meant to
+            // resemble the candidate it replaces.
+            let mut seen = NearDuplicates::new(spec.near_duplicate_threshold);
+            for (_, item) in &accepted {
+                seen.admit(&item.question, &item.answer);
             }
+            let revised = self
+                .refine(spec, &target, judged.fixable, &mut seen, &mut outcome)
+                .await?;
+            let rejudged = self
+                .judge(spec, &target, revised, true, &mut outcome)
+                .await?;
+            accepted.extend(rejudged.accepted);
         }
-        if pending.is_empty() {
-            return Ok(outcome);
-        }
+        outcome.items = cap_items(accepted, spec.max_items_per_section, &mut outcome.rejected);
+        Ok(outcome)
+    }
 
-        let judge_prompt = render(
+    /// One judge call over `pending`. Accepted items are returned with their scores; a rejection
+    /// is fixable when the judge says so and this is not already a revision, else it is counted
+    /// (`CritiqueFailed`).
+    async fn judge(
+        &self,
+        spec: &JobSpec,
+        target: &SectionTarget<'_>,
+        pending: Vec<Pending>,
+        revised: bool,
+        outcome: &mut SectionOutcome,
+    ) -> Result<Judged, GenerateError> {
+        let mut judged = Judged::default();
+        if pending.is_empty() {
+            return Ok(judged);
+        }
+        let prompt = render(
             JUDGE_TEMPLATE,
             &[
-                ("section_number", &number_text),
-                ("citation", &section.citation),
-                ("candidates", &candidates_json(&pending)),
+                ("section_number", &target.number),
+                ("citation", &target.section.citation),
+                ("candidates", &candidates_json(&pending, &[])),
             ],
         );
+        let (_, judge_model) = self.models(spec);
         let mut request = ChatRequest::new(
             judge_model,
             vec![
-                ChatMessage::system(context),
-                ChatMessage::user(judge_prompt),
+                ChatMessage::system(target.context),
+                ChatMessage::user(prompt),
             ],
         );
         request.temperature = Some(0.0);
@@ -266,19 +329,26 @@ impl OpenAiGenerator {
                 parse_verdicts(text, count)
             })
             .await
-            .map_err(|e| shard_error(e, section))?
+            .map_err(|e| shard_error(e, target.section))?
         {
             Ok(verdicts) => verdicts,
             Err(reason) => {
                 outcome.rejected.extend(std::iter::repeat_n(reason, count));
-                return Ok(outcome);
+                return Ok(judged);
             }
         };
-
-        let mut accepted: Vec<(f64, GeneratedItem)> = Vec::new();
         for (candidate, verdict) in pending.into_iter().zip(verdicts) {
             if !verdict.accepts() {
-                outcome.rejected.push(RejectReason::CritiqueFailed);
+                if revised {
+                    outcome.rejected.push(RejectReason::RefineRejected);
+                } else if verdict.fixable {
+                    judged.fixable.push(Critique {
+                        candidate,
+                        reason: verdict.reason,
+                    });
+                } else {
+                    outcome.rejected.push(RejectReason::CritiqueFailed);
+                }
                 continue;
             }
             let scores: Vec<Score> = CRITERIA
@@ -290,41 +360,91 @@ impl OpenAiGenerator {
                 })
                 .collect();
             let mean = scores.iter().map(|s| s.value).sum::<f64>() / scores.len() as f64;
-            accepted.push((
+            judged.accepted.push((
                 mean,
                 GeneratedItem {
-                    node_id: section.node_id.clone(),
+                    node_id: target.section.node_id.clone(),
                     question: candidate.question,
                     answer: candidate.answer,
                     evidence: candidate.evidence,
                     scores,
-                    verdict: "accept".into(),
+                    verdict: if revised { "accept_refined" } else { "accept" }.into(),
                     question_type: candidate.question_type,
                     prompt_version: PROMPT_VERSION.to_string(),
                 },
             ));
         }
-        let cap = max as usize;
-        if accepted.len() > cap {
-            let mut order: Vec<usize> = (0..accepted.len()).collect();
-            order.sort_by(|&a, &b| accepted[b].0.total_cmp(&accepted[a].0).then(a.cmp(&b)));
-            let mut keep = order[..cap].to_vec();
-            keep.sort_unstable();
-            outcome.rejected.extend(std::iter::repeat_n(
-                RejectReason::OverSectionCap,
-                accepted.len() - cap,
-            ));
-            let mut kept = Vec::with_capacity(cap);
-            for (i, (_, item)) in accepted.into_iter().enumerate() {
-                if keep.binary_search(&i).is_ok() {
-                    kept.push(item);
-                }
+        Ok(judged)
+    }
+
+    /// One refine call: the fixable candidates with their critiques, revised by the generator
+    /// model, then the deterministic checks again. A candidate the reply leaves out or that fails
+    /// a check is counted; the survivors go to the judge once more.
+    async fn refine(
+        &self,
+        spec: &JobSpec,
+        target: &SectionTarget<'_>,
+        critiques: Vec<Critique>,
+        seen: &mut NearDuplicates,
+        outcome: &mut SectionOutcome,
+    ) -> Result<Vec<Pending>, GenerateError> {
+        let reasons: Vec<&str> = critiques.iter().map(|c| c.reason.as_str()).collect();
+        let originals: Vec<&Pending> = critiques.iter().map(|c| &c.candidate).collect();
+        let prompt = render(
+            REFINE_TEMPLATE,
+            &[
+                ("section_number", &target.number),
+                ("citation", &target.section.citation),
+                ("candidates", &candidates_json_refs(&originals, &reasons)),
+            ],
+        );
+        let (model, _) = self.models(spec);
+        let mut request = ChatRequest::new(
+            model,
+            vec![
+                ChatMessage::system(target.context),
+                ChatMessage::user(prompt),
+            ],
+        );
+        request.temperature = Some(spec.generator.temperature);
+        request.max_tokens = Some(
+            (critiques.len() as u32)
+                .saturating_mul(400)
+                .saturating_add(400)
+                .min(16_384),
+        );
+        request.response_format = Some(items_format(REVISIONS_SCHEMA_NAME, true));
+        let count = critiques.len();
+        let revisions = match self
+            .ask(request, &mut outcome.usage, |text| {
+                parse_revisions(text, count)
+            })
+            .await
+            .map_err(|e| shard_error(e, target.section))?
+        {
+            Ok(revisions) => revisions,
+            Err(reason) => {
+                outcome.rejected.extend(std::iter::repeat_n(reason, count));
+                return Ok(Vec::new());
             }
-            outcome.items = kept;
-        } else {
-            outcome.items = accepted.into_iter().map(|(_, item)| item).collect();
+        };
+        let mut slots: Vec<Option<ReplyItem>> = (0..count).map(|_| None).collect();
+        for (index, item) in revisions {
+            slots[index] = Some(item);
         }
-        Ok(outcome)
+        let mut revised = Vec::new();
+        for slot in slots {
+            match slot {
+                Some(item) => revised.push(item),
+                None => outcome.rejected.push(RejectReason::RefineRejected),
+            }
+        }
+        Ok(check_candidates(
+            target.section,
+            revised,
+            seen,
+            &mut outcome.rejected,
+        ))
     }
 
     /// Call the model and parse its reply, repairing unusable replies; see the module docs.
@@ -382,6 +502,73 @@ fn shard_error(error: LlmError, section: &ShardSection) -> GenerateError {
     }
 }
 
+/// The section a call is about, with what every call on it repeats.
+struct SectionTarget<'a> {
+    /// The shard's shared first message.
+    context: &'a str,
+    /// The section's number in the context.
+    number: String,
+    section: &'a ShardSection,
+}
+
+/// The deterministic checks, in order: evidence located in the section, answer, question, near
+/// duplicate of an earlier candidate. Failures are counted in `rejected`.
+fn check_candidates(
+    section: &ShardSection,
+    items: Vec<ReplyItem>,
+    seen: &mut NearDuplicates,
+    rejected: &mut Vec<RejectReason>,
+) -> Vec<Pending> {
+    let mut pending = Vec::new();
+    for item in items {
+        let checked = locate_all(section, &item.evidence).and_then(|evidence| {
+            check_answer(&item.answer)?;
+            check_question(&item.question, &item.answer)?;
+            if !seen.admit(&item.question, &item.answer) {
+                return Err(RejectReason::Duplicate);
+            }
+            Ok(evidence)
+        });
+        match checked {
+            Ok(evidence) => pending.push(Pending {
+                question: item.question.trim().to_string(),
+                answer: item.answer.trim().to_string(),
+                evidence,
+                question_type: normalise_type(&item.question_type),
+            }),
+            Err(reason) => rejected.push(reason),
+        }
+    }
+    pending
+}
+
+/// More accepted items than `max` keeps the best by mean score (earlier first on ties), in their
+/// original order; the rest are `OverSectionCap`.
+fn cap_items(
+    accepted: Vec<(f64, GeneratedItem)>,
+    max: u32,
+    rejected: &mut Vec<RejectReason>,
+) -> Vec<GeneratedItem> {
+    let cap = max as usize;
+    if accepted.len() <= cap {
+        return accepted.into_iter().map(|(_, item)| item).collect();
+    }
+    let mut order: Vec<usize> = (0..accepted.len()).collect();
+    order.sort_by(|&a, &b| accepted[b].0.total_cmp(&accepted[a].0).then(a.cmp(&b)));
+    let mut keep = order[..cap].to_vec();
+    keep.sort_unstable();
+    rejected.extend(std::iter::repeat_n(
+        RejectReason::OverSectionCap,
+        accepted.len() - cap,
+    ));
+    accepted
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.binary_search(i).is_ok())
+        .map(|(_, (_, item))| item)
+        .collect()
+}
+
 /// Locate every quote in the section text; no quote, or one not found, is
 /// `EvidenceNotInSource`.
 fn locate_all(section: &ShardSection, quotes: &[String]) -> Result<Vec<Quote>, RejectReason> {
@@ -410,6 +597,7 @@ fn normalise_type(question_type: &str) -> String {
         .replace([' ', '-'], "_");
     match QuestionType::parse(&t) {
         Some(known) => known.as_str().to_string(),
+        None if EXTRA_TYPES.contains(&t.as_str()) => t,
         None => OTHER_TYPE.to_string(),
     }
 }
@@ -471,28 +659,49 @@ fn escape_source(text: &str) -> String {
         .replace("</section>", "<\\/section>")
 }
 
-fn candidates_json(pending: &[Pending]) -> String {
+fn candidates_json(pending: &[Pending], critiques: &[&str]) -> String {
+    candidates_json_refs(&pending.iter().collect::<Vec<_>>(), critiques)
+}
+
+/// The candidates block of the judge and refine prompts; with critiques, each carries its own.
+fn candidates_json_refs(pending: &[&Pending], critiques: &[&str]) -> String {
     let list: Vec<Value> = pending
         .iter()
         .enumerate()
         .map(|(index, c)| {
-            json!({
+            let mut entry = json!({
                 "index": index,
                 "question": c.question,
                 "answer": c.answer,
                 "evidence": c.evidence.iter().map(|q| q.text.as_str()).collect::<Vec<_>>(),
                 "question_type": c.question_type,
-            })
+            });
+            if let Some(critique) = critiques.get(index) {
+                entry["critique"] = json!(critique);
+            }
+            entry
         })
         .collect();
     serde_json::to_string_pretty(&list).expect("candidates serialize")
 }
 
-fn items_format() -> JsonSchemaFormat {
+/// The items schema; revisions also carry the `index` of the candidate they revise.
+fn items_format(name: &str, with_index: bool) -> JsonSchemaFormat {
     let mut types: Vec<&str> = QuestionType::ALL.iter().map(|t| t.as_str()).collect();
-    types.push(OTHER_TYPE);
+    types.extend(EXTRA_TYPES);
+    let mut properties = json!({
+        "question": {"type": "string"},
+        "answer": {"type": "string"},
+        "evidence": {"type": "array", "items": {"type": "string"}},
+        "question_type": {"type": "string", "enum": types},
+    });
+    let mut required = vec!["question", "answer", "evidence", "question_type"];
+    if with_index {
+        properties["index"] = json!({"type": "integer"});
+        required.insert(0, "index");
+    }
     JsonSchemaFormat {
-        name: ITEMS_SCHEMA_NAME.into(),
+        name: name.into(),
         strict: true,
         schema: json!({
             "type": "object",
@@ -501,13 +710,8 @@ fn items_format() -> JsonSchemaFormat {
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "properties": {
-                            "question": {"type": "string"},
-                            "answer": {"type": "string"},
-                            "evidence": {"type": "array", "items": {"type": "string"}},
-                            "question_type": {"type": "string", "enum": types},
-                        },
-                        "required": ["question", "answer", "evidence", "question_type"],
+                        "properties": properties,
+                        "required": required,
                         "additionalProperties": false,
                     },
                 },
@@ -528,6 +732,7 @@ fn verdicts_format() -> JsonSchemaFormat {
         "verdict".into(),
         json!({"type": "string", "enum": ["accept", "reject"]}),
     );
+    properties.insert("fixable".into(), json!({"type": "boolean"}));
     properties.insert("reason".into(), json!({"type": "string"}));
     let required: Vec<&String> = properties.keys().collect();
     JsonSchemaFormat {
@@ -582,6 +787,40 @@ fn parse_items(text: &str) -> Result<Vec<ReplyItem>, String> {
 }
 
 #[derive(Debug, Deserialize)]
+struct Revision {
+    index: usize,
+    #[serde(flatten)]
+    item: ReplyItem,
+}
+
+#[derive(Debug, Deserialize)]
+struct RevisionsReply {
+    items: Vec<Revision>,
+}
+
+/// Revisions by candidate index; at most one per index `0..count` (a left-out index is a
+/// candidate the model could not fix).
+fn parse_revisions(text: &str, count: usize) -> Result<Vec<(usize, ReplyItem)>, String> {
+    let reply: RevisionsReply = serde_json::from_str(json_object(text)?)
+        .map_err(|e| format!("it does not match the schema ({e})"))?;
+    let mut seen = vec![false; count];
+    let mut out = Vec::with_capacity(reply.items.len());
+    for revision in reply.items {
+        let slot = seen
+            .get_mut(revision.index)
+            .ok_or_else(|| format!("index {} is not a candidate (0..{count})", revision.index))?;
+        if std::mem::replace(slot, true) {
+            return Err(format!(
+                "index {} is revised more than once",
+                revision.index
+            ));
+        }
+        out.push((revision.index, revision.item));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
 struct WireVerdict {
     index: usize,
     faithfulness: i64,
@@ -590,6 +829,10 @@ struct WireVerdict {
     self_containedness: i64,
     citation: i64,
     verdict: String,
+    #[serde(default)]
+    fixable: bool,
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -597,11 +840,14 @@ struct VerdictsReply {
     verdicts: Vec<WireVerdict>,
 }
 
-/// A checked verdict: scores in [`CRITERIA`] order, each 1–5.
+/// A checked verdict: scores in [`CRITERIA`] order, each 1–5; whether a rejection could be fixed
+/// by a revision, and the judge's reason.
 #[derive(Debug)]
 struct Verdict {
     scores: [u8; 5],
     accept: bool,
+    fixable: bool,
+    reason: String,
 }
 
 impl Verdict {
@@ -645,7 +891,12 @@ fn parse_verdicts(text: &str, count: usize) -> Result<Vec<Verdict>, String> {
                 ));
             }
         };
-        *slot = Some(Verdict { scores, accept });
+        *slot = Some(Verdict {
+            scores,
+            accept,
+            fixable: v.fixable,
+            reason: v.reason,
+        });
     }
     slots
         .into_iter()
@@ -670,14 +921,19 @@ mod tests {
                 GENERATE_TEMPLATE,
                 &[
                     "min_items",
-                    "max_items",
+                    "target_items",
                     "section_number",
                     "citation",
                     "section_path",
+                    "plan",
                 ][..],
             ),
             (
                 JUDGE_TEMPLATE,
+                &["section_number", "citation", "candidates"][..],
+            ),
+            (
+                REFINE_TEMPLATE,
                 &["section_number", "citation", "candidates"][..],
             ),
         ] {
@@ -715,9 +971,30 @@ mod tests {
     }
 
     #[test]
+    fn revisions_are_validated_by_index() {
+        let item = |i: usize| {
+            format!(
+                "{{\"index\":{i},\"question\":\"Q?\",\"answer\":\"A\",\"evidence\":[\"e\"],\"question_type\":\"scope\"}}"
+            )
+        };
+        let one = format!("{{\"items\":[{}]}}", item(1));
+        let parsed = parse_revisions(&one, 2).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].0, 1);
+        assert!(parse_revisions(&one, 1).unwrap_err().contains("index 1"));
+        let twice = format!("{{\"items\":[{},{}]}}", item(0), item(0));
+        assert!(
+            parse_revisions(&twice, 1)
+                .unwrap_err()
+                .contains("more than once")
+        );
+    }
+
+    #[test]
     fn question_types_are_normalised() {
         assert_eq!(normalise_type("Cross-reference"), "cross_reference");
         assert_eq!(normalise_type("definition"), "definition");
         assert_eq!(normalise_type("procedure"), "other");
+        assert_eq!(normalise_type("Out of scope"), "out_of_scope");
     }
 }
