@@ -193,7 +193,8 @@ struct DownloadArgs {
 
 #[derive(Debug, Args)]
 struct ConvertArgs {
-    /// Markdown, SeekrFlow JSON tree, eCFR XML or US Code USLM XML files (several become one tree).
+    /// Markdown, SeekrFlow JSON tree, eCFR XML, US Code USLM XML, HTML, DOCX, PDF or plain-text
+    /// files (several become one tree).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Output file (`-` for standard output).
