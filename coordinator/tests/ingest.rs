@@ -1386,3 +1386,46 @@ fn uploads_of_every_readable_format_are_accepted_for_alignment() {
     }
     assert_eq!(validate_upload(PURPOSE_ALIGNMENT, "p.pptx", 10).len(), 1);
 }
+
+#[test]
+fn damaged_copies_of_good_pdf_and_docx_files_never_panic() {
+    let original = example_policy();
+    let pdf = to_pdf(&pdf_lines(&original, PdfHeadings::Outline), true);
+    let docx = to_docx(&original);
+    // A fixed xorshift sequence: the same damage every run.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as usize
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [("damaged.pdf", &pdf), ("damaged.docx", &docx)] {
+        let path = dir.path().join(name);
+        for round in 0..100 {
+            let mut damaged = bytes.clone();
+            for _ in 0..=round % 8 {
+                let at = next() % damaged.len();
+                damaged[at] = next() as u8;
+            }
+            if round % 5 == 0 {
+                damaged.truncate((next() % damaged.len()).max(1));
+            }
+            std::fs::write(&path, &damaged).unwrap();
+            let result = std::panic::catch_unwind(|| read_file(&path, None));
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    let message = error.to_string();
+                    assert!(!message.contains('\n'), "{name} round {round}: {message}");
+                    assert!(
+                        message.starts_with(&path.display().to_string()),
+                        "{message}"
+                    );
+                }
+                Err(_) => panic!("{name} round {round}: the reader panicked"),
+            }
+        }
+    }
+}

@@ -13,9 +13,11 @@
 //! that says OCR is needed; one without any structure gets one section per paragraph block and a
 //! warning.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::Once;
 
 use lopdf::{Document, Object, ObjectId};
 use pdf_extract::{MediaBox, OutputDev, OutputError, Transform};
@@ -231,20 +233,52 @@ impl OutputDev for Lines {
     }
 }
 
+thread_local! {
+    /// Whether this thread is running the text decoder, whose panics are errors, not news.
+    static DECODING: Cell<bool> = const { Cell::new(false) };
+    /// The message of the decoder's last panic on this thread.
+    static DECODER_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Install, once per process, a panic hook that keeps the text decoder's panics (on malformed
+/// content: `pdf-extract` unwraps freely) for the error message instead of printing them; every
+/// other panic goes to the hook that was there before.
+fn quiet_decoder_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if DECODING.with(Cell::get) {
+                let message = super::xml::collapse(&info.to_string());
+                DECODER_PANIC.with(|last| *last.borrow_mut() = Some(message));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// The document's text lines, whitespace collapsed, page numbers dropped.
 fn extract_lines(path: &Path, document: &Document) -> Result<Vec<Line>, IngestError> {
     let mut collector = Lines::default();
-    // The page checks above rule out the decoder's known panics; this keeps any other one from
-    // taking the process down with it.
-    match catch_unwind(AssertUnwindSafe(|| {
+    // The page checks above rule out the decoder's commonest panics; any other one becomes an
+    // error here instead of taking the process down.
+    quiet_decoder_panics();
+    DECODING.with(|decoding| decoding.set(true));
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
         pdf_extract::output_doc(document, &mut collector)
-    })) {
+    }));
+    DECODING.with(|decoding| decoding.set(false));
+    match decoded {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(corrupt(path, format!("decoding the text: {e}"))),
         Err(_) => {
+            let detail = DECODER_PANIC
+                .with(|last| last.borrow_mut().take())
+                .unwrap_or_default();
             return Err(corrupt(
                 path,
-                "decoding the text failed on malformed content".into(),
+                format!("the text decoder failed on malformed content ({detail})"),
             ));
         }
     }
