@@ -1262,6 +1262,62 @@ fn damaged_pdfs_are_errors() {
 }
 
 #[test]
+fn a_pdf_form_that_draws_itself_is_an_error_not_a_stack_overflow() {
+    use lopdf::{Document, Object, Stream, dictionary};
+    let mut doc = Document::load_mem(&to_pdf(&plain_lines(&["Members only."]), false)).unwrap();
+    let form = doc.new_object_id();
+    doc.objects.insert(
+        form,
+        Object::Stream(Stream::new(
+            dictionary! {
+                "Type" => "XObject", "Subtype" => "Form",
+                "BBox" => vec![0.into(), 0.into(), 10.into(), 10.into()],
+                "Resources" => dictionary! { "XObject" => dictionary! { "X1" => form } },
+            },
+            b"/X1 Do".to_vec(),
+        )),
+    );
+    let page = doc.get_pages()[&1];
+    let pages = doc
+        .get_dictionary(page)
+        .unwrap()
+        .get(b"Parent")
+        .unwrap()
+        .as_reference()
+        .unwrap();
+    let resources = doc
+        .get_dictionary(pages)
+        .unwrap()
+        .get(b"Resources")
+        .unwrap()
+        .as_reference()
+        .unwrap();
+    doc.get_dictionary_mut(resources)
+        .unwrap()
+        .set("XObject", dictionary! { "X1" => form });
+    let contents = doc
+        .get_dictionary(page)
+        .unwrap()
+        .get(b"Contents")
+        .unwrap()
+        .as_reference()
+        .unwrap();
+    let stream = doc
+        .get_object_mut(contents)
+        .unwrap()
+        .as_stream_mut()
+        .unwrap();
+    let mut content = stream.content.clone();
+    content.extend_from_slice(b"\n/X1 Do\n");
+    stream.set_content(content);
+    let mut bytes = Vec::new();
+    doc.save_to(&mut bytes).unwrap();
+    let message = error_of("loop.pdf", bytes, None);
+    assert!(message.contains("page 1: form XObject"), "{message}");
+    assert!(message.ends_with("draws itself"), "{message}");
+}
+
+#[test]
 fn corrupt_docx_files_are_errors() {
     let message = error_of("bad.docx", b"PK\x03\x04 not really a zip archive", None);
     assert!(

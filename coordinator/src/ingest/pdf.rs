@@ -98,7 +98,8 @@ fn corrupt(path: &Path, message: String) -> IngestError {
     }
 }
 
-/// What the text decoder takes for granted of every page: a dictionary, a media box, content.
+/// What the text decoder takes for granted of every page: a dictionary, a media box, content,
+/// and form XObjects that do not draw themselves (it follows them by recursion).
 fn check_pages(
     path: &Path,
     document: &Document,
@@ -114,8 +115,97 @@ fn check_pages(
         document
             .get_page_content(id)
             .map_err(|e| corrupt(path, format!("page {number}: content: {e}")))?;
+        if let Some(resources) =
+            inherited(document, page, b"Resources").and_then(|r| dictionary(document, r))
+        {
+            check_forms(document, resources)
+                .map_err(|message| corrupt(path, format!("page {number}: {message}")))?;
+        }
     }
     Ok(())
+}
+
+/// Walk the form XObjects a page draws, depth first and without recursion: a form that draws
+/// itself (directly or through others), or nesting deeper than [`MAX_DEPTH`], is an error. A form
+/// without resources of its own uses its caller's, as the decoder does.
+fn check_forms(document: &Document, page_resources: &lopdf::Dictionary) -> Result<(), String> {
+    struct Frame<'d> {
+        form: Option<ObjectId>,
+        resources: &'d lopdf::Dictionary,
+        children: Vec<ObjectId>,
+        next: usize,
+    }
+    let mut stack = vec![Frame {
+        form: None,
+        resources: page_resources,
+        children: forms(document, page_resources),
+        next: 0,
+    }];
+    let mut on_path = HashSet::new();
+    let mut done = HashSet::new();
+    while let Some(frame) = stack.last_mut() {
+        let Some(&child) = frame.children.get(frame.next) else {
+            if let Some(form) = frame.form {
+                on_path.remove(&form);
+                done.insert(form);
+            }
+            stack.pop();
+            continue;
+        };
+        frame.next += 1;
+        if on_path.contains(&child) {
+            return Err(format!("form XObject {} {} draws itself", child.0, child.1));
+        }
+        if done.contains(&child) {
+            continue;
+        }
+        let caller_resources = frame.resources;
+        if stack.len() > MAX_DEPTH {
+            return Err(format!("form XObjects nest more than {MAX_DEPTH} deep"));
+        }
+        let resources = document
+            .get_object(child)
+            .and_then(Object::as_stream)
+            .ok()
+            .and_then(|form| form.dict.get(b"Resources").ok())
+            .and_then(|r| dictionary(document, r))
+            .unwrap_or(caller_resources);
+        on_path.insert(child);
+        stack.push(Frame {
+            form: Some(child),
+            resources,
+            children: forms(document, resources),
+            next: 0,
+        });
+    }
+    Ok(())
+}
+
+/// The form XObjects named in a resource dictionary.
+fn forms(document: &Document, resources: &lopdf::Dictionary) -> Vec<ObjectId> {
+    let Some(xobjects) = resources
+        .get(b"XObject")
+        .ok()
+        .and_then(|x| dictionary(document, x))
+    else {
+        return Vec::new();
+    };
+    xobjects
+        .iter()
+        .filter_map(|(_, object)| object.as_reference().ok())
+        .filter(|&id| {
+            document
+                .get_object(id)
+                .and_then(Object::as_stream)
+                .is_ok_and(|stream| {
+                    stream
+                        .dict
+                        .get(b"Subtype")
+                        .and_then(Object::as_name)
+                        .is_ok_and(|subtype| subtype == b"Form")
+                })
+        })
+        .collect()
 }
 
 /// A page attribute, looked up the page tree (bounded: the tree may be cyclic).
