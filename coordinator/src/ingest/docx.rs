@@ -6,7 +6,7 @@
 //! paragraph itself wins. List paragraphs (`w:numPr`) become `- item` or `1. item` lines with the
 //! numbering format of `numbering.xml`; tables become `| a | b |` rows; tabs and line breaks are
 //! kept. Only the body is read: headers, footers, comments and footnotes live in other parts, and
-//! the fallback copy of text boxes (`mc:Fallback`) is skipped. A document without heading styles
+//! the fallback copy of text boxes (`mc:Fallback`) and table-of-contents paragraphs are skipped. A document without heading styles
 //! goes through the plain-text heuristics with a warning.
 
 use std::collections::HashMap;
@@ -163,6 +163,22 @@ impl Styles {
             id = style.based_on.as_deref()?;
         }
         None
+    }
+
+    /// Whether a style is one of Word's table-of-contents styles (`TOC Heading`, `toc 1`...):
+    /// a generated contents list repeats the headings and is not principle text.
+    fn is_table_of_contents(&self, id: &str) -> bool {
+        let name = self
+            .0
+            .get(id)
+            .and_then(|s| s.name.as_deref())
+            .unwrap_or(id)
+            .to_ascii_lowercase();
+        name.strip_prefix("toc").is_some_and(|rest| {
+            rest.is_empty()
+                || rest.starts_with(|c: char| c == ' ' || c.is_ascii_digit())
+                || rest == "heading"
+        })
     }
 
     /// Whether a style makes its paragraphs list items, following `basedOn`.
@@ -518,6 +534,9 @@ impl<'s> Body<'s> {
         }
         let text = paragraph.text.trim().to_owned();
         let style = paragraph.style.as_deref();
+        if style.is_some_and(|s| self.styles.is_table_of_contents(s)) {
+            return;
+        }
         let level = match paragraph.outline_level {
             Some(level) => (level < 9).then_some(level + 1),
             None => style.and_then(|s| self.styles.heading_level(s)),
@@ -560,6 +579,31 @@ mod tests {
         assert_eq!(level_from_name("Title"), Some(0));
         assert_eq!(level_from_name("Normal"), None);
         assert_eq!(level_from_name("heading 10"), None);
+    }
+
+    #[test]
+    fn styles_resolve_through_based_on_and_contents_styles_are_known() {
+        let xml = r#"<w:styles xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">
+            <w:style w:type="paragraph" w:styleId="H2"><w:name w:val="heading 2"/></w:style>
+            <w:style w:type="paragraph" w:styleId="Clause"><w:name w:val="Clause"/>
+              <w:basedOn w:val="H2"/></w:style>
+            <w:style w:type="paragraph" w:styleId="Rule"><w:name w:val="Rule"/>
+              <w:pPr><w:outlineLvl w:val="3"/></w:pPr></w:style>
+            <w:style w:type="paragraph" w:styleId="Body"><w:name w:val="Body"/>
+              <w:pPr><w:outlineLvl w:val="9"/><w:numPr><w:numId w:val="4"/></w:numPr></w:pPr></w:style>
+            <w:style w:type="paragraph" w:styleId="TOC1"><w:name w:val="toc 1"/></w:style>
+            <w:style w:type="character" w:styleId="Strong"><w:name w:val="heading 1"/></w:style>
+          </w:styles>"#;
+        let styles = Styles::read(Path::new("styles.xml"), xml).unwrap();
+        assert_eq!(styles.heading_level("Clause"), Some(2));
+        assert_eq!(styles.heading_level("Rule"), Some(4));
+        assert_eq!(styles.heading_level("Body"), None);
+        assert!(styles.numbered("Body"));
+        assert!(!styles.numbered("Clause"));
+        assert!(styles.is_table_of_contents("TOC1"));
+        assert!(styles.is_table_of_contents("TOCHeading"));
+        assert!(!styles.is_table_of_contents("Clause"));
+        assert!(!styles.0.contains_key("Strong"), "only paragraph styles");
     }
 
     #[test]
