@@ -200,7 +200,7 @@ struct ConvertArgs {
     /// Output file (`-` for standard output).
     #[arg(short, long, default_value = "-")]
     output: PathBuf,
-    /// Input format; detected from content when absent.
+    /// Input format; detected from the bytes and the file name when absent.
     #[arg(long, value_enum)]
     format: Option<Format>,
 }
@@ -283,7 +283,7 @@ struct RunArgs {
     /// Output directory: dataset.parquet, report.json, and the job's working files.
     #[arg(long, short, default_value = "out")]
     out: PathBuf,
-    /// Input format; detected from content when absent.
+    /// Input format; detected from the bytes and the file name when absent.
     #[arg(long, value_enum)]
     format: Option<Format>,
     /// Shards processed at once.

@@ -1198,10 +1198,19 @@ fn a_pdf_outline_gives_structure_that_the_text_alone_does_not() {
         ]
     );
 
-    // The same pages without the outline: no structure, one section per paragraph, a warning.
+    // The same pages without the outline: no structure, the first line taken for the title, one
+    // section per paragraph after it, a warning.
     let (_dir, without) = temp_file("flat.pdf", to_pdf(&lines, false));
     let ingested = read(&without);
-    assert_eq!(ingested.tree.root.children.len(), 4);
+    assert_eq!(ingested.tree.root.label, "Introduction");
+    let labels: Vec<&str> = ingested
+        .tree
+        .root
+        .children
+        .iter()
+        .map(|n| n.label.as_str())
+        .collect();
+    assert_eq!(labels, ["Why we lend.", "Eligibility", "Members only."]);
     assert_eq!(ingested.warnings.len(), 1, "{:?}", ingested.warnings);
     assert!(
         ingested.warnings[0].contains("no structure found"),

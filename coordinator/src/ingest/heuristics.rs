@@ -8,7 +8,8 @@
 //! (type size, and the kind of numbering) is a level: larger type is higher, and among equal sizes
 //! the style met first is higher, as reStructuredText ranks its underline styles. A first line
 //! that looks like a title (short, no closing punctuation, not a heading itself) becomes the
-//! title. A document with no heading at all gets one section per paragraph block.
+//! title. A document with no heading at all gets one section per paragraph block (after its
+//! title, if its first line looks like one).
 
 use super::outline::{Section, join_blocks};
 
@@ -133,15 +134,29 @@ pub(super) fn recover(blocks: Vec<Block>) -> Recovered {
     }
 }
 
-/// One section per block, labelled with its first words.
+/// One section per block, labelled with its first words; a first line that looks like a title
+/// is the title.
 fn paragraphs(blocks: Vec<Block>) -> Recovered {
+    let titled = blocks.len() > 1 && looks_like_title(&blocks[0].text);
     let sections = blocks
         .into_iter()
-        .map(|block| Section {
-            level: 1,
-            line: block.line,
-            label: first_words(&block.text),
-            content: block.text,
+        .enumerate()
+        .map(|(index, block)| {
+            if titled && index == 0 {
+                Section {
+                    level: 0,
+                    line: block.line,
+                    label: one_line(&block.text),
+                    content: String::new(),
+                }
+            } else {
+                Section {
+                    level: 1,
+                    line: block.line,
+                    label: first_words(&block.text),
+                    content: block.text,
+                }
+            }
         })
         .collect();
     Recovered {
@@ -412,5 +427,16 @@ mod tests {
             ["First paragraph with more than eight words in…", "Second."]
         );
         assert_eq!(recovered.sections[1].content, "Second.");
+
+        let recovered = recover(vec![block("Lending Notes", None), block("We lend.", None)]);
+        let outline: Vec<(usize, &str, &str)> = recovered
+            .sections
+            .iter()
+            .map(|s| (s.level, s.label.as_str(), s.content.as_str()))
+            .collect();
+        assert_eq!(
+            outline,
+            [(0, "Lending Notes", ""), (1, "We lend.", "We lend.")]
+        );
     }
 }
