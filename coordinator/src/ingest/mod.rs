@@ -9,7 +9,8 @@
 //!
 //! Every failure is an [`IngestError`] whose message is one line naming the file (and the line,
 //! or the JSON path, where there is one). Readers never recurse on input nesting that the input
-//! controls, so deep or huge inputs end in an error or a tree, never in a stack overflow or a hang.
+//! controls (PDF form XObjects, which the text decoder follows by recursion, are walked and checked
+//! first), so deep or huge inputs end in an error or a tree, never in a stack overflow or a hang.
 
 mod docx;
 mod ecfr;
