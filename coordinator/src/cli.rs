@@ -208,13 +208,14 @@ struct DownloadArgs {
 
 #[derive(Debug, Args)]
 struct ConvertArgs {
-    /// Markdown, SeekrFlow JSON tree, eCFR XML or US Code USLM XML files (several become one tree).
+    /// Markdown, SeekrFlow JSON tree, eCFR XML, US Code USLM XML, HTML, DOCX, PDF or plain-text
+    /// files (several become one tree).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Output file (`-` for standard output).
     #[arg(short, long, default_value = "-")]
     output: PathBuf,
-    /// Input format; detected from content when absent.
+    /// Input format; detected from the bytes and the file name when absent.
     #[arg(long, value_enum)]
     format: Option<Format>,
 }
@@ -301,7 +302,7 @@ struct RunArgs {
     /// Output directory: dataset.parquet, report.json, and the job's working files.
     #[arg(long, short, default_value = "out")]
     out: PathBuf,
-    /// Input format; detected from content when absent.
+    /// Input format; detected from the bytes and the file name when absent.
     #[arg(long, value_enum)]
     format: Option<Format>,
     /// Shards processed at once.

@@ -433,12 +433,14 @@ fn formats_parse_and_print_by_name() {
         assert_eq!(format.to_string().parse::<Format>().unwrap(), format);
     }
     assert_eq!("json".parse::<Format>().unwrap(), Format::SeekrJson);
+    assert_eq!("pdf".parse::<Format>().unwrap(), Format::Pdf);
+    assert_eq!("text".parse::<Format>().unwrap(), Format::Text);
     assert!(
-        "pdf"
+        "rtf"
             .parse::<Format>()
             .unwrap_err()
             .to_string()
-            .contains("markdown, json, ecfr, uslm")
+            .ends_with("markdown, json, ecfr, uslm, html, docx, pdf, text")
     );
 }
 
@@ -446,6 +448,17 @@ fn formats_parse_and_print_by_name() {
 fn formats_are_detected_from_content() {
     let detect = |name: &str, text: &str| detect_format(Path::new(name), text.as_bytes());
     assert_eq!(detect("a.txt", "# Title\n").unwrap(), Format::Markdown);
+    assert_eq!(detect("a.txt", "PART 1\n\ntext\n").unwrap(), Format::Text);
+    assert_eq!(detect("a", "Just words.\n").unwrap(), Format::Text);
+    assert_eq!(detect("a.md", "Just words.\n").unwrap(), Format::Markdown);
+    assert_eq!(detect("a.html", "<p>fragment</p>").unwrap(), Format::Html);
+    assert_eq!(
+        detect("a", "<!-- saved -->\n<!DOCTYPE html><p>x</p>").unwrap(),
+        Format::Html
+    );
+    assert_eq!(detect("a", "%PDF-1.7\n...").unwrap(), Format::Pdf);
+    assert_eq!(detect("a", "PK\x03\x04...").unwrap(), Format::Docx);
+    assert_eq!(detect("a.docx", "not a zip").unwrap(), Format::Docx);
     assert_eq!(
         detect("a.md", "<!-- comment -->\n# Title\n").unwrap(),
         Format::Markdown
@@ -791,4 +804,693 @@ fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
 
     let message = error_of("brackets.json", "[".repeat(depth), Some(Format::SeekrJson));
     assert!(message.contains("nested too deeply"), "{message}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTML, DOCX, PDF and plain text, made here from the example policy
+
+/// The example policy, read by the markdown reader: the reference tree.
+fn example_policy() -> PrincipleTree {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/harbor-lending-policy.md");
+    read(&path).tree
+}
+
+/// Every node as (depth, label, content), whitespace collapsed, in document order.
+fn outline(tree: &PrincipleTree) -> Vec<(usize, String, String)> {
+    let collapse = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut nodes = Vec::new();
+    tree.walk(|visit, _| {
+        let node = visit.node;
+        nodes.push((visit.depth, collapse(&node.label), collapse(&node.content)))
+    });
+    nodes
+}
+
+/// Check that a tree read back from another format has the example's sections, labels and text.
+fn assert_same_sections(read_back: &Ingested, original: &PrincipleTree, what: &str) {
+    assert!(
+        read_back.warnings.is_empty(),
+        "{what}: {:?}",
+        read_back.warnings
+    );
+    let (expected, actual) = (outline(original), outline(&read_back.tree));
+    for (expected, actual) in expected.iter().zip(&actual) {
+        assert_eq!(actual, expected, "{what}");
+    }
+    assert_eq!(actual.len(), expected.len(), "{what}: node count");
+}
+
+/// A node's content as blocks: paragraphs, and lists as their items without the `- ` marker.
+enum ContentBlock<'a> {
+    Paragraph(String),
+    List(Vec<&'a str>),
+}
+
+fn content_blocks(content: &str) -> Vec<ContentBlock<'_>> {
+    content
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            if block.lines().all(|line| line.starts_with("- ")) {
+                ContentBlock::List(block.lines().map(|line| &line[2..]).collect())
+            } else {
+                ContentBlock::Paragraph(block.split_whitespace().collect::<Vec<_>>().join(" "))
+            }
+        })
+        .collect()
+}
+
+/// Nodes in document order with their depth.
+fn nodes_with_depth(tree: &PrincipleTree) -> Vec<(usize, PrincipleNode)> {
+    let mut nodes = Vec::new();
+    tree.walk(|visit, _| nodes.push((visit.depth, visit.node.clone())));
+    nodes
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The tree as a web page, written by hand: headings, paragraphs, lists, and page chrome
+/// (navigation, script, style, footer) that the reader must drop.
+fn to_html(tree: &PrincipleTree) -> String {
+    let mut html = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Policy</title>\n\
+         <style>body { font: 12px sans-serif }</style><script>window.track = 1;</script></head>\n\
+         <body><nav><ul><li><a href=\"/\">Home</a></li><li><a href=\"/rates\">Rates</a></li></ul></nav>\n<main>\n",
+    );
+    for (depth, node) in nodes_with_depth(tree) {
+        html.push_str(&format!(
+            "<h{0}>{1}</h{0}>\n",
+            depth + 1,
+            html_escape(&node.label)
+        ));
+        for block in content_blocks(&node.content) {
+            match block {
+                ContentBlock::Paragraph(text) => {
+                    html.push_str(&format!("<p>{}</p>\n", html_escape(&text)));
+                }
+                ContentBlock::List(items) => {
+                    html.push_str("<ul>\n");
+                    for item in items {
+                        html.push_str(&format!("  <li>{}</li>\n", html_escape(item)));
+                    }
+                    html.push_str("</ul>\n");
+                }
+            }
+        }
+    }
+    html.push_str(
+        "</main>\n<footer><p>Copyright Harbor Community Credit Union</p></footer></body></html>\n",
+    );
+    html
+}
+
+/// The tree as plain text: labels on lines of their own, blank lines between blocks.
+fn to_text(tree: &PrincipleTree) -> String {
+    let mut text = String::new();
+    for (_, node) in nodes_with_depth(tree) {
+        text.push_str(&node.label);
+        text.push_str("\n\n");
+        if !node.content.is_empty() {
+            text.push_str(&node.content);
+            text.push_str("\n\n");
+        }
+    }
+    text
+}
+
+/// The tree as a Word document made with docx-rs: `Heading N` styles, bulleted lists.
+fn to_docx(tree: &PrincipleTree) -> Vec<u8> {
+    use docx_rs::{
+        AbstractNumbering, Docx, IndentLevel, Level, LevelJc, LevelText, NumberFormat, Numbering,
+        NumberingId, Paragraph, Run, Start, Style, StyleType,
+    };
+    const BULLETS: usize = 7;
+    let mut docx = Docx::new()
+        .add_abstract_numbering(AbstractNumbering::new(BULLETS).add_level(Level::new(
+            0,
+            Start::new(1),
+            NumberFormat::new("bullet"),
+            LevelText::new("•"),
+            LevelJc::new("left"),
+        )))
+        .add_numbering(Numbering::new(BULLETS, BULLETS));
+    for level in 1..=3 {
+        docx = docx.add_style(
+            Style::new(format!("Heading{level}"), StyleType::Paragraph)
+                .name(format!("heading {level}")),
+        );
+    }
+    for (depth, node) in nodes_with_depth(tree) {
+        docx = docx.add_paragraph(
+            Paragraph::new()
+                .add_run(Run::new().add_text(node.label.clone()))
+                .style(&format!("Heading{}", depth + 1)),
+        );
+        for block in content_blocks(&node.content) {
+            match block {
+                ContentBlock::Paragraph(text) => {
+                    docx = docx.add_paragraph(Paragraph::new().add_run(Run::new().add_text(text)));
+                }
+                ContentBlock::List(items) => {
+                    for item in items {
+                        docx = docx.add_paragraph(
+                            Paragraph::new()
+                                .add_run(Run::new().add_text(item))
+                                .numbering(NumberingId::new(BULLETS), IndentLevel::new(0)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    docx.build()
+        .pack(&mut bytes)
+        .expect("docx-rs writes the document");
+    bytes.into_inner()
+}
+
+/// How a test PDF marks its headings.
+#[derive(Clone, Copy, PartialEq)]
+enum PdfHeadings {
+    /// Bold body-size heading lines, and an outline (bookmarks) nesting them.
+    Outline,
+    /// Headings in larger type (18, 14, 12 points over a 10-point body), no outline.
+    LargerType,
+}
+
+/// Text lines of a test PDF page: (font, size, text, space before the line).
+struct PdfLine {
+    bold: bool,
+    size: f64,
+    text: String,
+    space_before: f64,
+    /// The outline entry that starts here: (depth, title).
+    bookmark: Option<(usize, String)>,
+}
+
+/// Words of `text` in lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.len() + 1 + word.len() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
+/// The lines of `tree` as a PDF would set them.
+fn pdf_lines(tree: &PrincipleTree, headings: PdfHeadings) -> Vec<PdfLine> {
+    const BODY: f64 = 10.0;
+    let mut lines = Vec::new();
+    for (depth, node) in nodes_with_depth(tree) {
+        let size = match headings {
+            PdfHeadings::Outline => BODY,
+            PdfHeadings::LargerType => [18.0, 14.0, 12.0][depth.min(2)],
+        };
+        lines.push(PdfLine {
+            bold: true,
+            size,
+            text: node.label.clone(),
+            space_before: size,
+            bookmark: Some((depth, node.label.clone())),
+        });
+        for block in content_blocks(&node.content) {
+            let mut space_before = 0.6 * BODY;
+            let items = match block {
+                ContentBlock::Paragraph(text) => vec![text],
+                ContentBlock::List(items) => items.iter().map(|item| format!("- {item}")).collect(),
+            };
+            for item in items {
+                for text in wrap(&item, 85) {
+                    lines.push(PdfLine {
+                        bold: false,
+                        size: BODY,
+                        text,
+                        space_before,
+                        bookmark: None,
+                    });
+                    space_before = 0.0;
+                }
+            }
+        }
+    }
+    lines
+}
+
+/// A PDF of `lines` made with lopdf: Helvetica, US Letter pages, optionally an outline.
+fn to_pdf(lines: &[PdfLine], with_outline: bool) -> Vec<u8> {
+    use lopdf::content::{Content, Operation};
+    use lopdf::{Bookmark, Document, Object, Stream, dictionary};
+
+    let mut doc = Document::with_version("1.5");
+    let pages_id = doc.new_object_id();
+    let regular = doc.add_object(dictionary! {
+        "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica", "Encoding" => "WinAnsiEncoding",
+    });
+    let bold = doc.add_object(dictionary! {
+        "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica-Bold", "Encoding" => "WinAnsiEncoding",
+    });
+    let resources = doc.add_object(dictionary! {
+        "Font" => dictionary! { "F1" => regular, "F2" => bold },
+    });
+    let (top, bottom, left) = (740.0, 60.0, 72.0);
+    let mut pages: Vec<Vec<Operation>> = vec![Vec::new()];
+    let mut page_bookmarks: Vec<(usize, usize, String)> = Vec::new(); // (page, depth, title)
+    // Baseline of the previous line on the current page.
+    let mut previous: Option<f64> = None;
+    for line in lines {
+        let mut y = previous.map_or(top, |y| y - line.space_before - 1.3 * line.size);
+        if y < bottom {
+            pages.push(Vec::new());
+            y = top;
+        }
+        previous = Some(y);
+        if let Some((depth, title)) = &line.bookmark {
+            page_bookmarks.push((pages.len() - 1, *depth, title.clone()));
+        }
+        let font = if line.bold { "F2" } else { "F1" };
+        pages.last_mut().unwrap().extend([
+            Operation::new("BT", vec![]),
+            Operation::new("Tf", vec![font.into(), line.size.into()]),
+            Operation::new("Td", vec![left.into(), y.into()]),
+            Operation::new("Tj", vec![Object::string_literal(line.text.as_str())]),
+            Operation::new("ET", vec![]),
+        ]);
+    }
+    let mut page_ids = Vec::new();
+    for operations in pages {
+        let content = Content { operations };
+        let content_id = doc.add_object(Stream::new(dictionary! {}, content.encode().unwrap()));
+        page_ids.push(doc.add_object(dictionary! {
+            "Type" => "Page", "Parent" => pages_id, "Contents" => content_id,
+        }));
+    }
+    doc.objects.insert(
+        pages_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Pages",
+            "Kids" => page_ids.iter().map(|&id| id.into()).collect::<Vec<Object>>(),
+            "Count" => page_ids.len() as i64,
+            "Resources" => resources,
+            "MediaBox" => vec![0.into(), 0.into(), 612.into(), 792.into()],
+        }),
+    );
+    let catalog_id = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
+    doc.trailer.set("Root", catalog_id);
+    if with_outline {
+        // Each bookmark's parent is the last one opened at the depth above.
+        let mut open: Vec<u32> = Vec::new();
+        for (page, depth, title) in page_bookmarks {
+            open.truncate(depth);
+            let parent = open.last().copied();
+            let id = doc.add_bookmark(Bookmark::new(title, [0.0; 3], 0, page_ids[page]), parent);
+            open.push(id);
+        }
+        let outline = doc.build_outline().expect("bookmarks make an outline");
+        doc.get_dictionary_mut(catalog_id)
+            .unwrap()
+            .set("Outlines", Object::Reference(outline));
+    }
+    let mut bytes = Vec::new();
+    doc.save_to(&mut bytes).expect("lopdf writes the document");
+    bytes
+}
+
+#[test]
+fn html_docx_pdf_and_text_of_the_example_read_back_as_its_markdown_tree() {
+    let original = example_policy();
+    assert_eq!(original.nodes().len(), 20, "root + 5 parts + 14 sections");
+    let pdf_outline = to_pdf(&pdf_lines(&original, PdfHeadings::Outline), true);
+    let pdf_typography = to_pdf(&pdf_lines(&original, PdfHeadings::LargerType), false);
+    let cases: Vec<(&str, Vec<u8>, Format)> = vec![
+        ("policy.html", to_html(&original).into_bytes(), Format::Html),
+        ("policy.txt", to_text(&original).into_bytes(), Format::Text),
+        ("policy.docx", to_docx(&original), Format::Docx),
+        ("policy-outline.pdf", pdf_outline, Format::Pdf),
+        ("policy-type-sizes.pdf", pdf_typography, Format::Pdf),
+    ];
+    for (name, bytes, format) in cases {
+        assert_eq!(
+            detect_format(Path::new(name), &bytes).unwrap(),
+            format,
+            "{name}"
+        );
+        // Detection looks at the bytes: the same file without its extension is found too.
+        assert_eq!(
+            detect_format(Path::new("upload"), &bytes).unwrap(),
+            format,
+            "{name} without extension"
+        );
+        let (_dir, path) = temp_file(name, &bytes);
+        assert_same_sections(&read(&path), &original, name);
+    }
+}
+
+/// A few lines of body text, no headings.
+fn plain_lines(texts: &[&str]) -> Vec<PdfLine> {
+    texts
+        .iter()
+        .map(|text| PdfLine {
+            bold: false,
+            size: 10.0,
+            text: (*text).to_owned(),
+            space_before: 10.0,
+            bookmark: None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_pdf_outline_gives_structure_that_the_text_alone_does_not() {
+    let mut lines = plain_lines(&[
+        "Introduction",
+        "Why we lend.",
+        "Eligibility",
+        "Members only.",
+    ]);
+    lines[0].bookmark = Some((0, "Introduction".into()));
+    lines[2].bookmark = Some((0, "Eligibility".into()));
+    let (_dir, with_outline) = temp_file("outlined.pdf", to_pdf(&lines, true));
+    let ingested = read(&with_outline);
+    assert!(ingested.warnings.is_empty(), "{:?}", ingested.warnings);
+    let sections: Vec<(&str, &str)> = ingested
+        .tree
+        .root
+        .children
+        .iter()
+        .map(|n| (n.label.as_str(), n.content.as_str()))
+        .collect();
+    assert_eq!(
+        sections,
+        [
+            ("Introduction", "Why we lend."),
+            ("Eligibility", "Members only.")
+        ]
+    );
+
+    // The same pages without the outline: no structure, the first line taken for the title, one
+    // section per paragraph after it, a warning.
+    let (_dir, without) = temp_file("flat.pdf", to_pdf(&lines, false));
+    let ingested = read(&without);
+    assert_eq!(ingested.tree.root.label, "Introduction");
+    let labels: Vec<&str> = ingested
+        .tree
+        .root
+        .children
+        .iter()
+        .map(|n| n.label.as_str())
+        .collect();
+    assert_eq!(labels, ["Why we lend.", "Eligibility", "Members only."]);
+    assert_eq!(ingested.warnings.len(), 1, "{:?}", ingested.warnings);
+    assert!(
+        ingested.warnings[0].contains("no structure found"),
+        "{:?}",
+        ingested.warnings
+    );
+}
+
+#[test]
+fn encrypted_pdfs_need_their_password_unless_it_is_empty() {
+    use lopdf::{Document, EncryptionState, EncryptionVersion, Permissions};
+    let plain = to_pdf(&plain_lines(&["Members only."]), false);
+    let encrypt = |user_password: &str| {
+        let mut doc = Document::load_mem(&plain).unwrap();
+        doc.trailer.set(
+            "ID",
+            vec![
+                lopdf::Object::string_literal("principia-test-id"),
+                lopdf::Object::string_literal("principia-test-id"),
+            ],
+        );
+        let state = EncryptionState::try_from(EncryptionVersion::V2 {
+            document: &doc,
+            owner_password: "owner",
+            user_password,
+            key_length: 128,
+            permissions: Permissions::all(),
+        })
+        .unwrap();
+        doc.encrypt(&state).unwrap();
+        let mut bytes = Vec::new();
+        doc.save_to(&mut bytes).unwrap();
+        bytes
+    };
+    let message = error_of("locked.pdf", encrypt("secret"), None);
+    assert!(message.contains("encrypted with a password"), "{message}");
+
+    let (_dir, path) = temp_file("owner-only.pdf", encrypt(""));
+    assert_eq!(read(&path).tree.root.content, "Members only.");
+}
+
+#[test]
+fn a_pdf_without_text_asks_for_ocr_instead_of_giving_an_empty_tree() {
+    let message = error_of("scan.pdf", to_pdf(&[], false), None);
+    assert!(message.contains("no text layer"), "{message}");
+    assert!(message.contains("OCR"), "{message}");
+}
+
+#[test]
+fn damaged_pdfs_are_errors() {
+    let message = error_of("broken.pdf", "%PDF-1.7\nthis is not a PDF body\n", None);
+    assert!(message.contains("not a readable pdf file"), "{message}");
+    let whole = to_pdf(&plain_lines(&["Members only."]), false);
+    let message = error_of("truncated.pdf", &whole[..whole.len() / 2], None);
+    assert!(message.contains("pdf"), "{message}");
+    let message = error_of("policy.md", "# Policy\n", Some(Format::Pdf));
+    assert!(message.contains("not a readable pdf file"), "{message}");
+}
+
+#[test]
+fn a_pdf_form_that_draws_itself_is_an_error_not_a_stack_overflow() {
+    use lopdf::{Document, Object, Stream, dictionary};
+    let mut doc = Document::load_mem(&to_pdf(&plain_lines(&["Members only."]), false)).unwrap();
+    let form = doc.new_object_id();
+    doc.objects.insert(
+        form,
+        Object::Stream(Stream::new(
+            dictionary! {
+                "Type" => "XObject", "Subtype" => "Form",
+                "BBox" => vec![0.into(), 0.into(), 10.into(), 10.into()],
+                "Resources" => dictionary! { "XObject" => dictionary! { "X1" => form } },
+            },
+            b"/X1 Do".to_vec(),
+        )),
+    );
+    let page = doc.get_pages()[&1];
+    let pages = doc
+        .get_dictionary(page)
+        .unwrap()
+        .get(b"Parent")
+        .unwrap()
+        .as_reference()
+        .unwrap();
+    let resources = doc
+        .get_dictionary(pages)
+        .unwrap()
+        .get(b"Resources")
+        .unwrap()
+        .as_reference()
+        .unwrap();
+    doc.get_dictionary_mut(resources)
+        .unwrap()
+        .set("XObject", dictionary! { "X1" => form });
+    let contents = doc
+        .get_dictionary(page)
+        .unwrap()
+        .get(b"Contents")
+        .unwrap()
+        .as_reference()
+        .unwrap();
+    let stream = doc
+        .get_object_mut(contents)
+        .unwrap()
+        .as_stream_mut()
+        .unwrap();
+    let mut content = stream.content.clone();
+    content.extend_from_slice(b"\n/X1 Do\n");
+    stream.set_content(content);
+    let mut bytes = Vec::new();
+    doc.save_to(&mut bytes).unwrap();
+    let message = error_of("loop.pdf", bytes, None);
+    assert!(message.contains("page 1: form XObject"), "{message}");
+    assert!(message.ends_with("draws itself"), "{message}");
+}
+
+#[test]
+fn corrupt_docx_files_are_errors() {
+    let message = error_of("bad.docx", b"PK\x03\x04 not really a zip archive", None);
+    assert!(
+        message.contains("not a readable docx file: not a zip archive"),
+        "{message}"
+    );
+    let message = error_of("renamed.docx", "just text", None);
+    assert!(message.contains("not a zip archive"), "{message}");
+
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file("hello.txt", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    std::io::Write::write_all(&mut zip, b"hello").unwrap();
+    let other_zip = zip.finish().unwrap().into_inner();
+    let message = error_of("archive.docx", other_zip, None);
+    assert!(message.contains("no word/document.xml"), "{message}");
+
+    let whole = to_docx(&example_policy());
+    let message = error_of("truncated.docx", &whole[..whole.len() / 2], None);
+    assert!(message.contains("docx"), "{message}");
+}
+
+#[test]
+fn docx_outline_levels_and_tables_are_read() {
+    use docx_rs::{Docx, Paragraph, Run, Table, TableCell, TableRow};
+    let cell = |text: &str| {
+        TableCell::new().add_paragraph(Paragraph::new().add_run(Run::new().add_text(text)))
+    };
+    let docx = Docx::new()
+        .add_paragraph(
+            Paragraph::new()
+                .add_run(Run::new().add_text("Fees"))
+                .outline_lvl(0),
+        )
+        .add_paragraph(Paragraph::new().add_run(Run::new().add_text("What we charge:")))
+        .add_table(Table::new(vec![
+            TableRow::new(vec![cell("item"), cell("fee")]),
+            TableRow::new(vec![cell("late payment"), cell("$25")]),
+        ]))
+        .add_paragraph(
+            Paragraph::new()
+                .add_run(Run::new().add_text("Waivers"))
+                .outline_lvl(1),
+        )
+        .add_paragraph(Paragraph::new().add_run(Run::new().add_text("On request.")));
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    docx.build().pack(&mut bytes).unwrap();
+    let (_dir, path) = temp_file("fees.docx", bytes.into_inner());
+    let tree = read(&path).tree;
+    assert_eq!(tree.root.label, "Fees");
+    assert_eq!(
+        tree.root.content,
+        "What we charge:\n\n| item | fee |\n| late payment | $25 |"
+    );
+    assert_eq!(tree.root.children[0].label, "Waivers");
+    assert_eq!(tree.root.children[0].content, "On request.");
+}
+
+#[test]
+fn html_without_headings_is_read_with_a_warning() {
+    let (_dir, path) = temp_file(
+        "flat.html",
+        "<html><body><p>Members may borrow.</p><p>Loans are approved weekly.</p></body></html>",
+    );
+    let ingested = read(&path);
+    assert_eq!(ingested.tree.root.children.len(), 2);
+    assert_eq!(
+        ingested.tree.root.children[1].content,
+        "Loans are approved weekly."
+    );
+    assert_eq!(ingested.warnings.len(), 1);
+    assert!(
+        ingested.warnings[0].contains("no h1-h6 headings and no numbered headings"),
+        "{:?}",
+        ingested.warnings
+    );
+
+    // Numbered paragraphs still give structure.
+    let (_dir, path) = temp_file(
+        "numbered.htm",
+        "<body><p>Section 1 Scope</p><p>All loans.</p><p>Section 2 Fees</p><p>None.</p></body>",
+    );
+    let ingested = read(&path);
+    let labels: Vec<&str> = ingested
+        .tree
+        .root
+        .children
+        .iter()
+        .map(|n| n.label.as_str())
+        .collect();
+    assert_eq!(labels, ["Section 1 Scope", "Section 2 Fees"]);
+    assert!(ingested.warnings[0].contains("headings recovered from numbered lines"));
+
+    let message = error_of(
+        "empty.html",
+        "<html><body><nav>Home</nav></body></html>",
+        None,
+    );
+    assert!(message.ends_with(": no text"), "{message}");
+}
+
+#[test]
+fn uploads_of_every_readable_format_are_accepted_for_alignment() {
+    use coordinator::fleet::records::PURPOSE_ALIGNMENT;
+    use coordinator::fleet::service::validate_upload;
+    for name in [
+        "p.md",
+        "p.markdown",
+        "p.json",
+        "p.xml",
+        "p.txt",
+        "p.html",
+        "p.htm",
+        "p.pdf",
+        "p.docx",
+    ] {
+        assert_eq!(
+            validate_upload(PURPOSE_ALIGNMENT, name, 10),
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
+    assert_eq!(validate_upload(PURPOSE_ALIGNMENT, "p.pptx", 10).len(), 1);
+}
+
+#[test]
+fn damaged_copies_of_good_pdf_and_docx_files_never_panic() {
+    let original = example_policy();
+    let pdf = to_pdf(&pdf_lines(&original, PdfHeadings::Outline), true);
+    let docx = to_docx(&original);
+    // A fixed xorshift sequence: the same damage every run.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as usize
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [("damaged.pdf", &pdf), ("damaged.docx", &docx)] {
+        let path = dir.path().join(name);
+        for round in 0..100 {
+            let mut damaged = bytes.clone();
+            for _ in 0..=round % 8 {
+                let at = next() % damaged.len();
+                damaged[at] = next() as u8;
+            }
+            if round % 5 == 0 {
+                damaged.truncate((next() % damaged.len()).max(1));
+            }
+            std::fs::write(&path, &damaged).unwrap();
+            let result = std::panic::catch_unwind(|| read_file(&path, None));
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    let message = error.to_string();
+                    assert!(!message.contains('\n'), "{name} round {round}: {message}");
+                    assert!(
+                        message.starts_with(&path.display().to_string()),
+                        "{message}"
+                    );
+                }
+                Err(_) => panic!("{name} round {round}: the reader panicked"),
+            }
+        }
+    }
 }

@@ -173,6 +173,60 @@ fn convert_writes_seekrflow_json_with_exactly_four_keys() {
 }
 
 #[test]
+fn convert_reads_an_html_page_and_refuses_a_wrongly_forced_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("policy.htm");
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html><html><head><title>Lending</title><script>track()</script></head><body>\
+         <nav><a href=\"/\">Home</a></nav><main><h1>Harbor Lending Policy</h1>\
+         <p>Applies to consumer loans.</p><h2>Section 1 Approval</h2>\
+         <p>A loan officer may approve up to $50,000.</p><h2>Section 2 Fees</h2>\
+         <ul><li>Late fee: $25.</li><li>No prepayment fee.</li></ul></main></body></html>",
+    )
+    .unwrap();
+    let output = principia::run(principia::command().arg("convert").arg(&page));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tree: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(tree["label"], "Harbor Lending Policy");
+    assert_eq!(tree["content"], "Applies to consumer loans.");
+    let labels: Vec<&str> = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|child| child["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["Section 1 Approval", "Section 2 Fees"]);
+    assert_eq!(
+        tree["children"][1]["content"],
+        "- Late fee: $25.\n- No prepayment fee."
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !stdout.contains("Home") && !stdout.contains("track"),
+        "{stdout}"
+    );
+
+    let forced = principia::run(
+        principia::command()
+            .arg("convert")
+            .arg(&page)
+            .args(["--format", "pdf"]),
+    );
+    assert!(!forced.status.success());
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(
+        stderr.contains("policy.htm: not a readable pdf file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn bad_input_gives_a_one_line_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![

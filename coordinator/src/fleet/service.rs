@@ -39,7 +39,9 @@ enum PublishStop {
 /// Largest upload accepted.
 pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 /// Suffixes accepted for `alignment` files.
-pub const ALIGNMENT_SUFFIXES: &[&str] = &["md", "markdown", "json", "xml", "txt"];
+pub const ALIGNMENT_SUFFIXES: &[&str] = &[
+    "md", "markdown", "json", "xml", "txt", "html", "htm", "pdf", "docx",
+];
 /// Suffixes accepted for `fine-tune` files.
 pub const FINE_TUNE_SUFFIXES: &[&str] = &["parquet", "jsonl"];
 

@@ -2,17 +2,16 @@
 //!
 //! Content is rendered back to plain, markdown-like text (paragraphs separated by blank lines, list
 //! items as `- item`, table rows as `| a | b |`, code and link text kept, inline HTML kept as
-//! written). Front matter (YAML `---` or TOML `+++`) is dropped. A document whose only H1 is its
-//! first heading takes that heading as its root; otherwise the root is named after the file.
-//! Skipped heading levels are normalised (the deeper heading becomes a child of the nearest
-//! shallower one) with a warning, as SeekrFlow only warns there.
+//! written). Front matter (YAML `---` or TOML `+++`) is dropped. The sections become a tree as
+//! [`outline::build`](super::outline::build) nests them: a document whose only H1 is its first
+//! heading takes that heading as its root, skipped levels are normalised with a warning.
 
 use std::path::Path;
 
-use proto::{PrincipleNode, PrincipleTree};
 use pulldown_cmark::{CodeBlockKind, Event, Options, Parser, Tag, TagEnd};
 
-use super::{IngestError, Ingested, file_stem};
+use super::outline::{self, Section};
+use super::{IngestError, Ingested};
 
 /// Nesting of lists and block quotes beyond this is not indented further.
 const MAX_NESTING: usize = 8;
@@ -28,15 +27,13 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Ingested, IngestError> {
         reader.event(event, range.start);
     }
     let (preamble, sections) = reader.finish();
-    build(path, preamble, sections)
+    outline::build(path, preamble, sections)
 }
 
-/// A heading and the text up to the next heading.
-struct Section {
-    level: usize,
-    line: usize,
-    label: String,
-    content: String,
+/// Whether the text has a markdown heading (ATX `#` or setext), i.e. reads as markdown rather
+/// than plain text.
+pub(super) fn has_headings(text: &str) -> bool {
+    Parser::new(text).any(|event| matches!(event, Event::Start(Tag::Heading { .. })))
 }
 
 /// A top-level heading being read.
@@ -248,7 +245,7 @@ impl<'t> Reader<'t> {
         }
         self.sections.push(Section {
             level: heading.level,
-            line: heading.line,
+            line: Some(heading.line),
             label: super::xml::collapse(&heading.text),
             content: String::new(),
         });
@@ -332,90 +329,6 @@ impl<'t> LineCounter<'t> {
             .count();
         self.offset = offset;
         self.line
-    }
-}
-
-/// Nest the sections by heading level under the document's root.
-fn build(path: &Path, preamble: String, sections: Vec<Section>) -> Result<Ingested, IngestError> {
-    let Some(top_level) = sections.iter().map(|s| s.level).min() else {
-        return Err(IngestError::NoHeadings {
-            path: path.to_owned(),
-        });
-    };
-    if let Some(empty) = sections.iter().find(|s| s.label.is_empty()) {
-        return Err(IngestError::Invalid {
-            path: path.to_owned(),
-            line: Some(empty.line),
-            message: "empty heading".into(),
-        });
-    }
-    let h1s = sections.iter().filter(|s| s.level == 1).count();
-    let titled = h1s == 1 && sections[0].level == 1;
-
-    let mut sections = sections;
-    let (mut root, root_level) = if titled {
-        let title = sections.remove(0);
-        let mut root = PrincipleNode::new(title.label, "document");
-        root.content = join_blocks(preamble, title.content);
-        (root, 1)
-    } else {
-        let mut root = PrincipleNode::new(file_stem(path), "document");
-        root.content = preamble;
-        (root, top_level - 1)
-    };
-    root.citation = root.label.clone();
-
-    let mut warnings = Vec::new();
-    // Open headings below the root, outermost first, with their levels.
-    let mut open: Vec<(usize, PrincipleNode)> = Vec::new();
-    for section in sections {
-        close(&mut root, &mut open, section.level);
-        let (parent_level, parent) = match open.last() {
-            Some((level, node)) => (*level, node),
-            None => (root_level, &root),
-        };
-        if section.level > parent_level + 1 {
-            let at = format!("{}:{}", path.display(), section.line);
-            warnings.push(if open.is_empty() && !titled {
-                format!(
-                    "{at}: heading level {} has no level-{} heading above it",
-                    section.level,
-                    section.level - 1
-                )
-            } else {
-                format!(
-                    "{at}: heading level jumps from {parent_level} to {}",
-                    section.level
-                )
-            });
-        }
-        let mut node = PrincipleNode::new(section.label, "heading");
-        node.citation = format!("{} > {}", parent.citation, node.label);
-        node.content = section.content;
-        open.push((section.level, node));
-    }
-    close(&mut root, &mut open, 0);
-    Ok(Ingested {
-        tree: PrincipleTree::new(root),
-        warnings,
-    })
-}
-
-/// Close the open headings at `level` or deeper, attaching each to its parent.
-fn close(root: &mut PrincipleNode, open: &mut Vec<(usize, PrincipleNode)>, level: usize) {
-    while let Some((_, done)) = open.pop_if(|(l, _)| *l >= level) {
-        match open.last_mut() {
-            Some((_, parent)) => parent.children.push(done),
-            None => root.children.push(done),
-        }
-    }
-}
-
-fn join_blocks(first: String, second: String) -> String {
-    match (first.is_empty(), second.is_empty()) {
-        (true, _) => second,
-        (_, true) => first,
-        _ => format!("{first}\n\n{second}"),
     }
 }
 

@@ -1,17 +1,26 @@
 //! Document readers: principle documents in, one [`PrincipleTree`] out.
 //!
-//! Four formats are read: markdown (headings make the tree), SeekrFlow's JSON tree, GPO eCFR bulk
-//! XML and USLM XML (the US Code). [`read_file`] sniffs the format from the content when it is not
+//! Eight formats are read: markdown (headings make the tree), SeekrFlow's JSON tree, GPO eCFR bulk
+//! XML, USLM XML (the US Code), HTML (`h1`-`h6`), DOCX (heading styles and outline levels), PDF
+//! (the outline, else numbering and type size) and plain text (numbered headings, else paragraph
+//! blocks). [`read_file`] detects the format from the bytes and the file name when it is not
 //! given, [`read_files`] puts several documents under one collection root, and [`to_seekr_json`]
 //! writes a tree back out in SeekrFlow's four-key format.
 //!
 //! Every failure is an [`IngestError`] whose message is one line naming the file (and the line,
 //! or the JSON path, where there is one). Readers never recurse on input nesting that the input
-//! controls, so deep or huge inputs end in an error or a tree, never in a stack overflow or a hang.
+//! controls (PDF form XObjects, which the text decoder follows by recursion, are walked and checked
+//! first), so deep or huge inputs end in an error or a tree, never in a stack overflow or a hang.
 
+mod docx;
 mod ecfr;
+mod heuristics;
+mod html;
 mod markdown;
+mod outline;
+mod pdf;
 mod seekr_json;
+mod text;
 mod uslm;
 
 use std::fmt;
@@ -36,14 +45,27 @@ pub enum Format {
     Ecfr,
     /// USLM XML, the format of the US Code (`<uscDoc>`).
     Uslm,
+    /// HTML: `h1`-`h6` make the tree; navigation, scripts and styles are dropped.
+    Html,
+    /// Word DOCX: heading styles and outline levels make the tree.
+    Docx,
+    /// PDF with a text layer: the outline (bookmarks) makes the tree, else numbered or
+    /// larger-type heading lines.
+    Pdf,
+    /// Plain text: numbered heading lines make the tree, else each paragraph block is a section.
+    Text,
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [
+    pub const ALL: [Format; 8] = [
         Format::Markdown,
         Format::SeekrJson,
         Format::Ecfr,
         Format::Uslm,
+        Format::Html,
+        Format::Docx,
+        Format::Pdf,
+        Format::Text,
     ];
 
     /// The name used on the command line and in job specs.
@@ -53,6 +75,10 @@ impl Format {
             Format::SeekrJson => "json",
             Format::Ecfr => "ecfr",
             Format::Uslm => "uslm",
+            Format::Html => "html",
+            Format::Docx => "docx",
+            Format::Pdf => "pdf",
+            Format::Text => "text",
         }
     }
 }
@@ -63,9 +89,12 @@ impl fmt::Display for Format {
     }
 }
 
-/// A format name that is not one of `markdown`, `json`, `ecfr`, `uslm`.
+/// A format name that is not one of [`Format::ALL`]'s names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown format {0:?}: expected one of markdown, json, ecfr, uslm")]
+#[error(
+    "unknown format {0:?}: expected one of {names}",
+    names = Format::ALL.map(Format::name).join(", ")
+)]
 pub struct UnknownFormat(pub String);
 
 impl FromStr for Format {
@@ -107,6 +136,25 @@ pub enum IngestError {
     },
     #[error("{}: no headings: a principle document needs at least one heading", .path.display())]
     NoHeadings { path: PathBuf },
+    /// A DOCX or PDF file that its format's decoder rejects (a bad zip, a damaged PDF, ...).
+    #[error("{}: not a readable {format} file: {message}", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        format: Format,
+        message: String,
+    },
+    #[error(
+        "{}: the PDF is encrypted with a password: save an unprotected copy and read that",
+        .path.display()
+    )]
+    EncryptedPdf { path: PathBuf },
+    /// A PDF whose pages are images: a scan.
+    #[error(
+        "{}: the PDF has no text layer ({pages} page(s) without text; a scanned document?): \
+         OCR is needed first (e.g. `ocrmypdf in.pdf out.pdf`), then read the OCR'd PDF",
+        .path.display()
+    )]
+    NoTextLayer { path: PathBuf, pages: usize },
     #[error("{}:{line}: malformed XML: {message}", .path.display())]
     MalformedXml {
         path: PathBuf,
@@ -151,17 +199,27 @@ impl fmt::Display for Location<'_> {
     }
 }
 
-/// Guess the format of a document from its content (the path only names it in errors).
+/// Guess the format of a document from its content and its file name.
 ///
-/// XML is told apart by its root element (`<uscDoc>` or the USLM namespace; `<DLPSTEXTCLASS>`,
-/// `<ECFR…>` or `<DIVn>`), JSON by an opening `{` (or `[` followed by `{`), anything else that is
-/// text is markdown.
+/// PDF by its `%PDF-` header, DOCX by the zip signature (or a `.docx` name: the DOCX reader then
+/// says what is wrong with the file). Text: XML is told apart by its root element (`<uscDoc>` or
+/// the USLM namespace; `<DLPSTEXTCLASS>`, `<ECFR…>` or `<DIVn>`), JSON by an opening `{` (or `[`
+/// followed by `{`), HTML by a doctype or `<html>`/`<head>`/`<body>` opening (or an `.html`/`.htm`
+/// name); `.md` files and text with markdown headings are markdown, any other text is plain text.
 ///
 /// # Errors
 ///
-/// Binary content, invalid UTF-8, an empty file, and XML that is neither USLM nor eCFR (when it
-/// declares itself XML or the file is named `*.xml`).
+/// Binary content that is neither PDF nor DOCX, invalid UTF-8, an empty file, and XML that is
+/// neither USLM nor eCFR (when it declares itself XML or the file is named `*.xml`).
 pub fn detect_format(path: &Path, bytes: &[u8]) -> Result<Format, IngestError> {
+    if bytes.is_empty() {
+        return Err(IngestError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    if let Some(format) = binary_format(path, bytes) {
+        return Ok(format);
+    }
     sniff(path, decode(path, bytes)?)
 }
 
@@ -175,16 +233,19 @@ pub fn read_file(path: &Path, format: Option<Format>) -> Result<Ingested, Ingest
         path: path.to_owned(),
         source,
     })?;
-    let text = decode(path, &bytes)?;
     let format = match format {
         Some(format) => format,
-        None => sniff(path, text)?,
+        None => detect_format(path, &bytes)?,
     };
     match format {
-        Format::Markdown => markdown::read(path, text),
-        Format::SeekrJson => seekr_json::read(path, text),
-        Format::Ecfr => ecfr::read(path, text),
-        Format::Uslm => uslm::read(path, text),
+        Format::Docx => docx::read(path, &bytes),
+        Format::Pdf => pdf::read(path, &bytes),
+        Format::Markdown => markdown::read(path, decode(path, &bytes)?),
+        Format::SeekrJson => seekr_json::read(path, decode(path, &bytes)?),
+        Format::Ecfr => ecfr::read(path, decode(path, &bytes)?),
+        Format::Uslm => uslm::read(path, decode(path, &bytes)?),
+        Format::Html => html::read(path, decode(path, &bytes)?),
+        Format::Text => text::read(path, decode(path, &bytes)?),
     }
 }
 
@@ -257,6 +318,25 @@ fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, IngestError> {
     Ok(text)
 }
 
+/// PDF and DOCX, told by their signatures, or a `.docx` name.
+fn binary_format(path: &Path, bytes: &[u8]) -> Option<Format> {
+    // PDF readers accept the header anywhere in the first kilobyte.
+    let head = &bytes[..bytes.len().min(1024)];
+    if head.windows(5).any(|w| w == b"%PDF-") {
+        Some(Format::Pdf)
+    } else if bytes.starts_with(b"PK\x03\x04") || has_extension(path, &["docx"]) {
+        Some(Format::Docx)
+    } else {
+        None
+    }
+}
+
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .and_then(|ext| ext.to_str())
+        .is_some_and(|ext| extensions.iter().any(|e| ext.eq_ignore_ascii_case(e)))
+}
+
 fn sniff(path: &Path, text: &str) -> Result<Format, IngestError> {
     let start = text.trim_start();
     if start.starts_with('{')
@@ -266,14 +346,16 @@ fn sniff(path: &Path, text: &str) -> Result<Format, IngestError> {
     {
         return Ok(Format::SeekrJson);
     }
+    let must_be_xml = start.starts_with("<?xml") || has_extension(path, &["xml"]);
+    if has_extension(path, &["html", "htm", "xhtml"])
+        || (!must_be_xml && html::opens_like_html(start))
+    {
+        return Ok(Format::Html);
+    }
     if start.starts_with('<') {
-        let must_be_xml = start.starts_with("<?xml")
-            || path
-                .extension()
-                .is_some_and(|ext| ext.eq_ignore_ascii_case("xml"));
         match xml::root_format(path, text) {
             Ok(Some(format)) => return Ok(format),
-            Ok(None) | Err(_) if !must_be_xml => {} // markdown that opens with HTML
+            Ok(None) | Err(_) if !must_be_xml => {} // markdown or text opening with a tag
             Ok(None) => {
                 return Err(IngestError::Invalid {
                     path: path.to_owned(),
@@ -286,7 +368,11 @@ fn sniff(path: &Path, text: &str) -> Result<Format, IngestError> {
             Err(e) => return Err(e),
         }
     }
-    Ok(Format::Markdown)
+    if has_extension(path, &["md", "markdown"]) || markdown::has_headings(text) {
+        Ok(Format::Markdown)
+    } else {
+        Ok(Format::Text)
+    }
 }
 
 /// The tree of a document whose top-level divisions are `roots`: the one root, or a collection
@@ -432,6 +518,25 @@ mod xml {
                     .map_err(|e| self.malformed(self.reader.buffer_position(), &e))
             })
             .transpose()
+        }
+
+        /// The value of the attribute whose local name is `local` (`val` of `w:val`), whatever
+        /// its prefix, with entities resolved.
+        pub(super) fn attr_local(
+            &self,
+            element: &BytesStart<'_>,
+            local: &str,
+        ) -> Result<Option<String>, IngestError> {
+            for attr in element.attributes() {
+                let attr = attr.map_err(|e| self.malformed(self.reader.buffer_position(), &e))?;
+                if attr.key.local_name().as_ref() == local {
+                    return attr
+                        .normalized_value(XmlVersion::Implicit1_0)
+                        .map(|value| Some(value.into_owned()))
+                        .map_err(|e| self.malformed(self.reader.buffer_position(), &e));
+                }
+            }
+            Ok(None)
         }
 
         /// A structural error at the current position.
