@@ -273,9 +273,9 @@ struct UploadForm {
     params(UploadQuery),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
-        (status = 200, body = FileResponse),
+        (status = 200, description = "the stored file", body = FileResponse),
         (status = 400, description = "wrong purpose, file type or name, or an empty file", body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
         (status = 413, description = "the file exceeds the upload limit", body = ErrorBody),
     )
 )]
@@ -344,8 +344,8 @@ async fn upload_file(
     tag = "files",
     request_body = ValidateMetadataRequest,
     responses(
-        (status = 200, body = ValidateMetadataResponse),
-        (status = 401, body = ErrorBody),
+        (status = 200, description = "the verdict", body = ValidateMetadataResponse),
+        (status = 401, description = "no valid API key", body = ErrorBody),
     )
 )]
 async fn validate_metadata(
@@ -387,9 +387,9 @@ struct ListQuery {
     tag = "files",
     params(ListQuery),
     responses(
-        (status = 200, body = FileList),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 200, description = "a page of the caller's files", body = FileList),
+        (status = 400, description = "invalid request", body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
     )
 )]
 async fn list_files(
@@ -446,8 +446,8 @@ async fn list_files(
     tag = "files",
     params(("id" = String, Path, description = "file id (`file-...`)")),
     responses(
-        (status = 200, body = FileResponse),
-        (status = 401, body = ErrorBody),
+        (status = 200, description = "the file's metadata", body = FileResponse),
+        (status = 401, description = "no valid API key", body = ErrorBody),
         (status = 404, description = "no such file for this tenant", body = ErrorBody),
     )
 )]
@@ -467,9 +467,9 @@ async fn retrieve_file(
     tag = "files",
     params(("id" = String, Path, description = "file id (`file-...`)")),
     responses(
-        (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 200, description = "the file's content", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "not found for this tenant", body = ErrorBody),
     )
 )]
 async fn file_content(
@@ -499,9 +499,9 @@ async fn file_content(
     tag = "files",
     params(("id" = String, Path, description = "file id (`file-...`)")),
     responses(
-        (status = 200, body = FileDeleted),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 200, description = "the file is deleted", body = FileDeleted),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "not found for this tenant", body = ErrorBody),
     )
 )]
 async fn delete_file(
@@ -524,9 +524,9 @@ async fn delete_file(
     tag = "alignment",
     request_body = GenerateBody,
     responses(
-        (status = 200, body = AlignmentResponse),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 200, description = "the new job", body = AlignmentResponse),
+        (status = 400, description = "invalid request", body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
         (status = 404, description = "a file is not found for this tenant", body = ErrorBody),
     )
 )]
@@ -614,8 +614,8 @@ async fn generate(
     path = "/v1/flow/alignment",
     tag = "alignment",
     responses(
-        (status = 200, body = AlignmentList),
-        (status = 401, body = ErrorBody),
+        (status = 200, description = "the caller's jobs", body = AlignmentList),
+        (status = 401, description = "no valid API key", body = ErrorBody),
     )
 )]
 async fn list_jobs(
@@ -641,9 +641,9 @@ async fn list_jobs(
     tag = "alignment",
     params(("id" = String, Path, description = "job id (`al-...`)")),
     responses(
-        (status = 200, body = AlignmentResponse),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 200, description = "the job", body = AlignmentResponse),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "not found for this tenant", body = ErrorBody),
     )
 )]
 async fn retrieve_job(
@@ -662,9 +662,9 @@ async fn retrieve_job(
     tag = "alignment",
     params(("id" = String, Path, description = "job id (`al-...`)")),
     responses(
-        (status = 200, body = Vec<AlignmentOutput>),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 200, description = "the outputs (none until the job completed)", body = Vec<AlignmentOutput>),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "not found for this tenant", body = ErrorBody),
     )
 )]
 async fn job_outputs(
@@ -683,9 +683,9 @@ async fn job_outputs(
     tag = "alignment",
     params(("id" = String, Path, description = "job id (`al-...`)")),
     responses(
-        (status = 200, body = AlignmentResponse),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 200, description = "the job: cancelled, unless it had finished", body = AlignmentResponse),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "not found for this tenant", body = ErrorBody),
     )
 )]
 async fn cancel_job(
@@ -705,8 +705,8 @@ async fn cancel_job(
     params(("id" = String, Path, description = "job id (`al-...`)")),
     responses(
         (status = 204, description = "deleted"),
-        (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "not found for this tenant", body = ErrorBody),
     )
 )]
 async fn delete_job(
@@ -725,8 +725,8 @@ async fn delete_job(
     tag = "alignment",
     params(("id" = String, Path, description = "job id (`al-...`)")),
     responses(
-        (status = 200, body = serde_json::Value),
-        (status = 401, body = ErrorBody),
+        (status = 200, description = "the report", body = serde_json::Value),
+        (status = 401, description = "no valid API key", body = ErrorBody),
         (status = 404, description = "no such job, or not finished", body = ErrorBody),
     )
 )]
@@ -745,7 +745,7 @@ async fn job_report(
     path = "/metrics",
     tag = "operations",
     security(()),
-    responses((status = 200, content_type = "text/plain", body = String))
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
 )]
 async fn metrics() -> Response {
     let body = worker::metrics::render();
@@ -758,7 +758,7 @@ async fn metrics() -> Response {
     path = "/healthz",
     tag = "operations",
     security(()),
-    responses((status = 200, content_type = "text/plain", body = String))
+    responses((status = 200, description = "alive", content_type = "text/plain", body = String))
 )]
 async fn healthz() -> &'static str {
     "ok"
@@ -770,7 +770,7 @@ async fn healthz() -> &'static str {
     path = "/readyz",
     tag = "operations",
     security(()),
-    responses((status = 200, content_type = "text/plain", body = String))
+    responses((status = 200, description = "ready", content_type = "text/plain", body = String))
 )]
 async fn readyz() -> &'static str {
     "ok"
@@ -782,7 +782,7 @@ async fn readyz() -> &'static str {
     path = "/openapi.json",
     tag = "operations",
     security(()),
-    responses((status = 200, body = serde_json::Value))
+    responses((status = 200, description = "this document", body = serde_json::Value))
 )]
 async fn openapi_json(Extension(openapi): Extension<Arc<OpenApi>>) -> Json<OpenApi> {
     Json(openapi.as_ref().clone())
