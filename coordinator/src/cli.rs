@@ -24,9 +24,12 @@ use worker::process::Generators;
 use worker::store::{LocalStore, ObjectStore};
 
 use crate::embedded::{self, RunError, RunOptions};
-use crate::fleet::api::JobDefaults;
+use crate::fleet::api::{ApiConfig, DEFAULT_MAX_JSON_BYTES, JobDefaults};
 use crate::fleet::client::Client;
-use crate::fleet::{FleetArgs, run_coordinator, run_worker};
+use crate::fleet::keys::KeyStore;
+use crate::fleet::records::iso;
+use crate::fleet::service::DEFAULT_MAX_UPLOAD_BYTES;
+use crate::fleet::{FleetArgs, ServeConfig, StoreArgs, run_coordinator, run_worker};
 use crate::ingest::{self, Format};
 use crate::progress::{Progress, Totals};
 use crate::telemetry::{self, LogFormat};
@@ -67,6 +70,33 @@ enum Command {
     Jobs(ClientArgs),
     /// Print a finished job's report readably (from report.json, or from DIR/report.json).
     Report(ReportArgs),
+    /// Create, list and revoke API keys (directly on the coordinator's storage).
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+    #[command(flatten)]
+    storage: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key for a tenant and print it (it is shown only this once).
+    Create {
+        /// The tenant the key acts for (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        tenant: String,
+    },
+    /// List the keys: prefix, tenant, creation time.
+    List,
+    /// Revoke a key, given whole or by its listed prefix.
+    Revoke {
+        /// The key or its prefix (`pk-` and at least 4 more characters, naming one key).
+        key: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +123,15 @@ struct CoordinatorArgs {
     judge_model: Option<String>,
     #[command(flatten)]
     sizes: SizeArgs,
+    /// Largest file accepted by an upload, in bytes (larger uploads get 413).
+    #[arg(long, env = "PRINCIPIA_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: usize,
+    /// Largest body of any other request, in bytes (larger requests get 413).
+    #[arg(long, env = "PRINCIPIA_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_JSON_BYTES)]
+    max_request_bytes: usize,
+    /// Seconds between reloads of the API keys from storage: a revoked key stops working within this.
+    #[arg(long, env = "PRINCIPIA_KEY_REFRESH_SECS", default_value_t = 5)]
+    key_refresh_secs: u64,
 }
 
 /// How a job is cut into shards and how many items each section gets.
@@ -328,6 +367,7 @@ pub fn main() -> ExitCode {
             Command::Cancel(args) => cancel(args).await,
             Command::Jobs(args) => jobs(args).await,
             Command::Report(args) => report(args),
+            Command::Keys(args) => keys(args).await,
         }
     });
     match result {
@@ -561,7 +601,52 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         max_items_per_section: args.sizes.max_items,
         near_duplicate_threshold: args.sizes.near_duplicate_threshold,
     };
-    run_coordinator(&args.fleet, args.listen, defaults, cancel_on_signal()).await?;
+    let serve = ServeConfig {
+        listen: args.listen,
+        api: ApiConfig {
+            defaults,
+            max_json_bytes: args.max_request_bytes,
+        },
+        max_upload_bytes: args.max_upload_bytes,
+        key_refresh: Duration::from_secs(args.key_refresh_secs.max(1)),
+    };
+    run_coordinator(&args.fleet, serve, cancel_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
+    let keys = KeyStore::new(args.storage.store().await?);
+    let mut stdout = std::io::stdout().lock();
+    match args.command {
+        KeysCommand::Create { tenant } => {
+            let new = keys.create(&tenant).await?;
+            writeln!(stdout, "{}", new.key)?;
+            tracing::info!(
+                prefix = %new.record.prefix,
+                tenant = %new.record.tenant,
+                "API key created; it is shown only once"
+            );
+        }
+        KeysCommand::List => {
+            for (_, record) in keys.list().await? {
+                writeln!(
+                    stdout,
+                    "{}\t{}\t{}",
+                    record.prefix,
+                    record.tenant,
+                    iso(record.created_at_ms)
+                )?;
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            let record = keys.revoke(&key).await?;
+            writeln!(
+                stdout,
+                "revoked {} (tenant {})",
+                record.prefix, record.tenant
+            )?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

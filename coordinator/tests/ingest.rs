@@ -1431,7 +1431,7 @@ fn html_without_headings_is_read_with_a_warning() {
 #[test]
 fn uploads_of_every_readable_format_are_accepted_for_alignment() {
     use coordinator::fleet::records::PURPOSE_ALIGNMENT;
-    use coordinator::fleet::service::validate_upload;
+    use coordinator::fleet::service::{DEFAULT_MAX_UPLOAD_BYTES, validate_upload};
     for name in [
         "p.md",
         "p.markdown",
@@ -1444,12 +1444,15 @@ fn uploads_of_every_readable_format_are_accepted_for_alignment() {
         "p.docx",
     ] {
         assert_eq!(
-            validate_upload(PURPOSE_ALIGNMENT, name, 10),
+            validate_upload(PURPOSE_ALIGNMENT, name, 10, DEFAULT_MAX_UPLOAD_BYTES),
             Vec::<String>::new(),
             "{name}"
         );
     }
-    assert_eq!(validate_upload(PURPOSE_ALIGNMENT, "p.pptx", 10).len(), 1);
+    assert_eq!(
+        validate_upload(PURPOSE_ALIGNMENT, "p.pptx", 10, DEFAULT_MAX_UPLOAD_BYTES).len(),
+        1
+    );
 }
 
 #[test]

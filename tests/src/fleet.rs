@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,6 +22,10 @@ pub struct Fleet {
     workers: Vec<Option<Child>>,
     /// Extra environment of every worker started from now on.
     pub worker_env: BTreeMap<String, String>,
+    /// Extra environment of the coordinator started from now on.
+    pub coordinator_env: BTreeMap<String, String>,
+    /// The API key `cli` sends (`PRINCIPIA_API_KEY`), if any.
+    pub api_key: Option<String>,
     log_dir: tempfile::TempDir,
 }
 
@@ -49,15 +53,16 @@ impl Fleet {
             coordinator: None,
             workers: Vec::new(),
             worker_env: BTreeMap::new(),
+            coordinator_env: BTreeMap::new(),
+            api_key: None,
             log_dir: tempfile::tempdir().expect("log directory"),
         }
     }
 
-    fn command(&self, log_name: &str) -> Command {
+    /// `principia` with this fleet's services and storage in its environment.
+    pub fn principia(&self) -> Command {
         let mut command = principia::command();
-        let log = std::fs::File::create(self.log_dir.path().join(log_name)).expect("log file");
         command
-            .env("RUST_LOG", "info")
             .env("PRINCIPIA_AMQP_URL", crate::moto::AMQP_URL)
             .env("PRINCIPIA_QUEUE", &self.queue)
             .env("PRINCIPIA_REDIS_URL", crate::moto::REDIS_URL)
@@ -69,6 +74,15 @@ impl Fleet {
             .env("AWS_REGION", "us-east-1")
             .env("PRINCIPIA_COORDINATOR_URL", &self.coordinator_url)
             .env_remove("AWS_PROFILE")
+            .env_remove("PRINCIPIA_API_KEY");
+        command
+    }
+
+    fn command(&self, log_name: &str) -> Command {
+        let mut command = self.principia();
+        let log = std::fs::File::create(self.log_dir.path().join(log_name)).expect("log file");
+        command
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
@@ -94,6 +108,7 @@ impl Fleet {
         let child = self
             .command(&format!("coordinator-{n}.log"))
             .args(["coordinator", "--listen", &self.listen])
+            .envs(&self.coordinator_env)
             .spawn()
             .expect("coordinator starts");
         self.coordinator = Some(child);
@@ -156,13 +171,18 @@ impl Fleet {
         child.wait().expect("worker exits").code()
     }
 
+    /// `principia ARGS...` against this fleet, with `api_key` if set, whatever its outcome.
+    pub fn try_cli(&self, args: &[&str]) -> Output {
+        let mut command = self.principia();
+        if let Some(key) = &self.api_key {
+            command.env("PRINCIPIA_API_KEY", key);
+        }
+        command.args(args).output().expect("principia runs")
+    }
+
     /// `principia ARGS...` against this fleet; stdout on success, panic with logs otherwise.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = principia::command()
-            .env("PRINCIPIA_COORDINATOR_URL", &self.coordinator_url)
-            .args(args)
-            .output()
-            .expect("principia runs");
+        let output = self.try_cli(args);
         assert!(
             output.status.success(),
             "principia {args:?} failed: {}\n{}",
@@ -170,6 +190,13 @@ impl Fleet {
             self.logs()
         );
         String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// A new API key for `tenant` (`principia keys create` on this fleet's storage).
+    pub fn create_key(&self, tenant: &str) -> String {
+        let key = self.cli(&["keys", "create", "--tenant", tenant]);
+        assert!(key.starts_with("pk-"), "{key}");
+        key
     }
 
     /// Submit documents; returns the job id.

@@ -5,9 +5,11 @@
 
 pub mod api;
 pub mod client;
+pub mod keys;
 pub mod progress;
 pub mod records;
 pub mod service;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +26,8 @@ use worker::process::{Generators, ShardProcessor};
 use worker::s3::{S3Config, S3Store};
 use worker::store::{LocalStore, Metered, ObjectStore};
 
-use self::api::JobDefaults;
+use self::api::ApiConfig;
+use self::keys::{KeyRing, KeyStore};
 use self::progress::{FleetEvents, RedisProgress};
 use self::service::Coordinator;
 
@@ -56,6 +59,13 @@ pub struct FleetArgs {
     /// Prefix of every Redis key.
     #[arg(long, env = "PRINCIPIA_REDIS_NAMESPACE", default_value = "principia")]
     pub redis_namespace: String,
+    #[command(flatten)]
+    pub storage: StoreArgs,
+}
+
+/// Where files, parts, datasets and key records are stored. Every flag has an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
     /// S3 bucket of files, parts and datasets (credentials from the standard AWS chain).
     #[arg(long, env = "PRINCIPIA_S3_BUCKET")]
     pub s3_bucket: Option<String>,
@@ -82,6 +92,19 @@ impl FleetArgs {
     }
 
     pub async fn store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        self.storage.store().await
+    }
+
+    pub async fn progress(&self) -> anyhow::Result<RedisProgress> {
+        let connection = worker::limits::connect_redis(&self.redis_url, Duration::from_secs(10))
+            .await
+            .context("connecting to Redis")?;
+        Ok(RedisProgress::new(connection, self.redis_namespace.clone()))
+    }
+}
+
+impl StoreArgs {
+    pub async fn store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
         // An empty variable counts as unset (as charts and compose files leave them).
         let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
         match (set(&self.s3_bucket), &self.data_dir) {
@@ -104,30 +127,63 @@ impl FleetArgs {
             ),
         }
     }
+}
 
-    pub async fn progress(&self) -> anyhow::Result<RedisProgress> {
-        let connection = worker::limits::connect_redis(&self.redis_url, Duration::from_secs(10))
-            .await
-            .context("connecting to Redis")?;
-        Ok(RedisProgress::new(connection, self.redis_namespace.clone()))
-    }
+/// How the coordinator serves its API.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub api: ApiConfig,
+    /// Largest upload accepted.
+    pub max_upload_bytes: usize,
+    /// How often the API keys are reloaded from the store (the delay before a revocation holds).
+    pub key_refresh: Duration,
 }
 
 /// Serve the API and run the job monitor until cancelled.
+///
+/// With no API key in the store the API is open, which is allowed only on a loopback address:
+/// on any other address the coordinator refuses to start.
 pub async fn run_coordinator(
     fleet: &FleetArgs,
-    listen: SocketAddr,
-    defaults: JobDefaults,
+    serve: ServeConfig,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = fleet.store().await?;
+    let loopback = serve.listen.ip().is_loopback();
+    let keys = KeyRing::load(KeyStore::new(store.clone()), serve.key_refresh, loopback)
+        .await
+        .context("loading API keys from storage")?;
+    if keys.is_empty() {
+        if !loopback {
+            anyhow::bail!(
+                "refusing to serve on {} without API keys: create one with `principia keys create --tenant NAME` (same storage settings), or listen on a loopback address",
+                serve.listen
+            );
+        }
+        tracing::warn!(
+            listen = %serve.listen,
+            "NO API KEYS EXIST: the API is served WITHOUT AUTHENTICATION to anyone who can reach {} (loopback only). Create a key with `principia keys create --tenant NAME` to require keys.",
+            serve.listen
+        );
+    } else {
+        tracing::info!(
+            keys = keys.len(),
+            "API keys loaded; every API request needs one"
+        );
+    }
     let progress = fleet.progress().await?;
     let publisher = AmqpPublisher::connect(fleet.amqp())
         .await
         .context("connecting to RabbitMQ")?;
-    let coordinator = Coordinator::start(store, Arc::new(publisher), Some(progress))
-        .await
-        .context("loading jobs from storage")?;
+    let coordinator = Coordinator::start(
+        store,
+        Arc::new(publisher),
+        Some(progress),
+        serve.max_upload_bytes,
+    )
+    .await
+    .context("loading jobs from storage")?;
     tokio::spawn(drain_dead_letters(
         coordinator.clone(),
         fleet.amqp(),
@@ -138,14 +194,18 @@ pub async fn run_coordinator(
             .clone()
             .run_monitor(Duration::from_millis(200), cancel.clone()),
     );
+    let listen = serve.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!(%listen, "coordinator serving the API");
-    axum::serve(listener, api::router(coordinator, defaults))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-        .context("serving the API")
+    axum::serve(
+        listener,
+        api::router(coordinator, Arc::new(keys), serve.api),
+    )
+    .with_graceful_shutdown(async move { cancel.cancelled().await })
+    .await
+    .context("serving the API")
 }
 
 /// Record every dead-lettered shard on its job (the broker dead-letters shards that crashed their

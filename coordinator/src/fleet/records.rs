@@ -1,7 +1,8 @@
 //! What the coordinator persists about files and jobs, in SeekrFlow's shapes.
 //!
 //! Records live on the object store (`files/<id>.json`, `jobs/<id>/job.json`), the source of
-//! truth; Redis mirrors job progress for fast reads and is rebuilt from these records.
+//! truth; Redis mirrors job progress for fast reads and is rebuilt from these records. Every record
+//! names its tenant; the API's shapes of them are in [`super::wire`].
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,27 +69,12 @@ pub struct FileRecord {
     /// The job that produced this file, for generated datasets.
     #[serde(default)]
     pub origin_job_id: Option<String>,
+    /// The tenant that owns the file (none on a coordinator serving without API keys).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
-impl FileRecord {
-    /// The API representation (`FileResponse`).
-    pub fn to_api(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "object": "file",
-            "created_at": iso(self.created_at_ms),
-            "type": self.file_type,
-            "purpose": self.purpose,
-            "filename": self.filename,
-            "bytes": self.bytes,
-            "created_by": "principia",
-            "origin_file_id": null,
-            "deleted": false,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Pending,
@@ -122,6 +108,9 @@ impl JobStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
+    /// The tenant that owns the job (none on a coordinator serving without API keys).
+    #[serde(default)]
+    pub tenant: Option<String>,
     pub status: JobStatus,
     pub spec: JobSpec,
     pub files: Vec<String>,
@@ -173,45 +162,5 @@ impl JobRecord {
         let elapsed = now_ms().saturating_sub(self.created_at_ms) as f64;
         let per_shard = elapsed / done as f64;
         Some(per_shard * (self.shards_total - done) as f64 / 60_000.0)
-    }
-
-    /// The API representation (`AlignmentResponse`).
-    pub fn to_api(&self) -> serde_json::Value {
-        let eta = self.eta_minutes();
-        serde_json::json!({
-            "id": self.id,
-            "object": "alignment.job",
-            "created_at": iso(self.created_at_ms),
-            "updated_at": iso(self.updated_at_ms),
-            "completed_at": self.completed_at_ms.map(iso),
-            "stopped_at": self.stopped_at_ms.map(iso),
-            "status": self.status.as_str(),
-            "current_step": self.current_step,
-            "progress": self.progress_percent(),
-            "step_progress": self.progress_percent(),
-            "eta_minutes": eta,
-            "estimated_completion_at": eta.map(|m| iso(now_ms() + (m * 60_000.0) as u64)),
-            "status_message": self.status_message,
-            "instructions": self.spec.instructions,
-            "files": self.files,
-            "output_files": self.output_file.iter().map(|f| serde_json::json!({
-                "id": f.id,
-                "filename": f.filename,
-                "bytes": f.bytes,
-                "created_at": iso(f.created_at_ms),
-                "file_type": f.file_type,
-                "purpose": f.purpose,
-            })).collect::<Vec<_>>(),
-            "principia": {
-                "generator": self.spec.generator.kind.as_str(),
-                "model": self.spec.generator.model,
-                "shards_total": self.shards_total,
-                "shards_done": self.shards_done,
-                "shards_failed": self.shards_failed,
-                "accepted": self.accepted,
-                "rejected": self.rejected,
-                "tokens": self.tokens,
-            },
-        })
     }
 }

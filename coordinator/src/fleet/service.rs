@@ -36,9 +36,9 @@ enum PublishStop {
     Failed(String),
 }
 
-/// Largest upload accepted.
-pub const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
-/// Suffixes accepted for `alignment` files.
+/// Largest upload accepted unless configured otherwise (`PRINCIPIA_MAX_UPLOAD_BYTES`).
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
+/// Suffixes accepted for `alignment` files (the one list of accepted document types).
 pub const ALIGNMENT_SUFFIXES: &[&str] = &[
     "md", "markdown", "json", "xml", "txt", "html", "htm", "pdf", "docx",
 ];
@@ -62,6 +62,7 @@ pub struct GenerateRequest {
 
 pub struct Coordinator {
     store: Arc<dyn ObjectStore>,
+    max_upload_bytes: usize,
     publisher: Arc<dyn ShardPublisher>,
     progress: Option<RedisProgress>,
     jobs: Mutex<BTreeMap<String, JobRecord>>,
@@ -71,17 +72,22 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// File type from a file name's suffix.
+/// File type from a file name's suffix (`markdown` is called `md`, as SeekrFlow's types name it).
 pub fn file_type(filename: &str) -> String {
-    Path::new(filename)
+    let suffix = Path::new(filename)
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
-        .to_ascii_lowercase()
+        .to_ascii_lowercase();
+    if suffix == "markdown" {
+        "md".into()
+    } else {
+        suffix
+    }
 }
 
-/// Check a would-be upload's purpose, suffix and size (SeekrFlow's `validate_metadata`).
-pub fn validate_upload(purpose: &str, filename: &str, size: usize) -> Vec<String> {
+/// Problems with a would-be upload's purpose and file name, checked before its content is read.
+pub fn check_upload_name(purpose: &str, filename: &str) -> Vec<String> {
     let mut errors = Vec::new();
     let suffix = file_type(filename);
     let allowed = match purpose {
@@ -102,26 +108,46 @@ pub fn validate_upload(purpose: &str, filename: &str, size: usize) -> Vec<String
             allowed.join(", ")
         ));
     }
-    if size == 0 {
-        errors.push("the file is empty".into());
-    }
-    if size > MAX_UPLOAD_BYTES {
-        errors.push(format!(
-            "the file is {size} bytes; the limit is {MAX_UPLOAD_BYTES}"
-        ));
-    }
-    if filename.is_empty() || filename.len() > 255 || filename.contains(['/', '\\', '\0']) {
+    if filename.is_empty()
+        || filename.len() > 255
+        || filename.contains(['/', '\\', '\0'])
+        || filename.chars().any(char::is_control)
+    {
         errors.push(format!("file name {filename:?} is not acceptable"));
     }
     errors
 }
 
+/// Check a would-be upload's purpose, name and size (SeekrFlow's `validate_metadata`).
+pub fn validate_upload(purpose: &str, filename: &str, size: u64, max_bytes: usize) -> Vec<String> {
+    let mut errors = check_upload_name(purpose, filename);
+    if size == 0 {
+        errors.push("the file is empty".into());
+    }
+    if size > max_bytes as u64 {
+        errors.push(too_large(size, max_bytes));
+    }
+    errors
+}
+
+/// The message for an upload over the limit.
+pub fn too_large(size: u64, max_bytes: usize) -> String {
+    format!("the file is {size} bytes; the limit is {max_bytes} bytes")
+}
+
+/// Whether a record's owner is the caller (`None` on both sides: the tenant-less mode).
+fn owned_by(owner: &Option<String>, tenant: Option<&str>) -> bool {
+    owner.as_deref() == tenant
+}
+
 impl Coordinator {
     /// Load the jobs recorded on the store and resume those that were not finished.
+    /// `max_upload_bytes` bounds the files `upload_file` accepts.
     pub async fn start(
         store: Arc<dyn ObjectStore>,
         publisher: Arc<dyn ShardPublisher>,
         progress: Option<RedisProgress>,
+        max_upload_bytes: usize,
     ) -> Result<Arc<Self>, ServiceError> {
         let mut jobs = BTreeMap::new();
         for key in store.list("jobs/").await? {
@@ -140,6 +166,7 @@ impl Coordinator {
         }
         let coordinator = Arc::new(Coordinator {
             store,
+            max_upload_bytes,
             publisher,
             progress,
             jobs: Mutex::new(jobs),
@@ -162,13 +189,25 @@ impl Coordinator {
 
     // ----- files -----
 
+    /// Largest upload accepted.
+    pub fn max_upload_bytes(&self) -> usize {
+        self.max_upload_bytes
+    }
+
+    /// Store a file for `tenant` after checking its purpose, name and size.
     pub async fn upload_file(
         &self,
         filename: &str,
         purpose: &str,
         content: Bytes,
+        tenant: Option<&str>,
     ) -> Result<FileRecord, ServiceError> {
-        let errors = validate_upload(purpose, filename, content.len());
+        let errors = validate_upload(
+            purpose,
+            filename,
+            content.len() as u64,
+            self.max_upload_bytes,
+        );
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors.join("; ")));
         }
@@ -182,6 +221,7 @@ impl Coordinator {
             created_at_ms: now_ms(),
             content_key: file_content_key(&id),
             origin_job_id: None,
+            tenant: tenant.map(str::to_string),
         };
         self.store.put(&record.content_key, content).await?;
         self.put_file_record(&record).await?;
@@ -195,21 +235,32 @@ impl Coordinator {
             .await
     }
 
-    pub async fn file(&self, id: &str) -> Result<FileRecord, ServiceError> {
+    /// The tenant's file `id`; another tenant's file is not found, like a missing one.
+    pub async fn file(&self, id: &str, tenant: Option<&str>) -> Result<FileRecord, ServiceError> {
+        let not_found = || ServiceError::NotFound(format!("file {id}"));
+        // The id becomes part of a storage key: only well-formed ids get that far.
         if !is_id(id, "file") {
-            return Err(ServiceError::NotFound(format!("file {id}")));
+            return Err(not_found());
         }
         let bytes = self
             .store
             .get(&file_record_key(id))
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("file {id}")))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ServiceError::Invalid(format!("file record {id} is unreadable: {e}")))
+            .ok_or_else(not_found)?;
+        let record: FileRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| ServiceError::Invalid(format!("file record {id} is unreadable: {e}")))?;
+        if !owned_by(&record.tenant, tenant) {
+            return Err(not_found());
+        }
+        Ok(record)
     }
 
-    pub async fn file_content(&self, id: &str) -> Result<(FileRecord, Bytes), ServiceError> {
-        let record = self.file(id).await?;
+    pub async fn file_content(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+    ) -> Result<(FileRecord, Bytes), ServiceError> {
+        let record = self.file(id, tenant).await?;
         let content = self
             .store
             .get(&record.content_key)
@@ -218,7 +269,12 @@ impl Coordinator {
         Ok((record, content))
     }
 
-    pub async fn files(&self, purpose: Option<&str>) -> Result<Vec<FileRecord>, ServiceError> {
+    /// The tenant's files, optionally of one purpose.
+    pub async fn files(
+        &self,
+        purpose: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<FileRecord>, ServiceError> {
         let mut files = Vec::new();
         for key in self.store.list("files/").await? {
             if !key.ends_with(".json") || key.matches('/').count() != 1 {
@@ -226,6 +282,7 @@ impl Coordinator {
             }
             if let Some(bytes) = self.store.get(&key).await?
                 && let Ok(record) = serde_json::from_slice::<FileRecord>(&bytes)
+                && owned_by(&record.tenant, tenant)
                 && purpose.is_none_or(|p| p == record.purpose)
             {
                 files.push(record);
@@ -234,8 +291,8 @@ impl Coordinator {
         Ok(files)
     }
 
-    pub async fn delete_file(&self, id: &str) -> Result<(), ServiceError> {
-        let record = self.file(id).await?;
+    pub async fn delete_file(&self, id: &str, tenant: Option<&str>) -> Result<(), ServiceError> {
+        let record = self.file(id, tenant).await?;
         if record.origin_job_id.is_none() {
             self.store.delete(&record.content_key).await?;
         }
@@ -245,9 +302,11 @@ impl Coordinator {
 
     // ----- jobs -----
 
+    /// Start a job for `tenant` on files of that tenant.
     pub async fn create_job(
         self: &Arc<Self>,
         request: GenerateRequest,
+        tenant: Option<&str>,
     ) -> Result<JobRecord, ServiceError> {
         if request.spec.instructions.trim().is_empty() {
             return Err(ServiceError::Invalid(
@@ -260,7 +319,7 @@ impl Coordinator {
             ));
         }
         for id in &request.files {
-            let file = self.file(id).await?;
+            let file = self.file(id, tenant).await?;
             if file.purpose != PURPOSE_ALIGNMENT {
                 return Err(ServiceError::Invalid(format!(
                     "file {id} has purpose {:?}; alignment jobs take files with purpose {PURPOSE_ALIGNMENT:?}",
@@ -271,6 +330,7 @@ impl Coordinator {
         let now = now_ms();
         let job = JobRecord {
             id: new_id("al"),
+            tenant: tenant.map(str::to_string),
             status: JobStatus::Pending,
             spec: request.spec,
             files: request.files,
@@ -295,7 +355,22 @@ impl Coordinator {
         Ok(job)
     }
 
-    pub fn jobs(&self) -> Vec<JobRecord> {
+    /// The tenant's jobs, newest first.
+    pub fn jobs(&self, tenant: Option<&str>) -> Vec<JobRecord> {
+        let mut jobs: Vec<JobRecord> = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .filter(|job| owned_by(&job.tenant, tenant))
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.created_at_ms));
+        jobs
+    }
+
+    /// Every job, of every tenant, newest first (for the monitor).
+    fn all_jobs(&self) -> Vec<JobRecord> {
         let mut jobs: Vec<JobRecord> = self
             .jobs
             .lock()
@@ -307,17 +382,30 @@ impl Coordinator {
         jobs
     }
 
-    pub fn job(&self, id: &str) -> Result<JobRecord, ServiceError> {
-        self.jobs
-            .lock()
-            .expect("jobs lock")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ServiceError::NotFound(format!("alignment job {id}")))
+    /// The tenant's job `id`; another tenant's job is not found, like a missing one.
+    pub fn job(&self, id: &str, tenant: Option<&str>) -> Result<JobRecord, ServiceError> {
+        let not_found = || ServiceError::NotFound(format!("alignment job {id}"));
+        if !is_id(id, "al") {
+            return Err(not_found());
+        }
+        self.job_record(id)
+            .filter(|job| owned_by(&job.tenant, tenant))
+            .ok_or_else(not_found)
     }
 
-    pub async fn cancel_job(&self, id: &str) -> Result<JobRecord, ServiceError> {
-        let mut job = self.job(id)?;
+    /// A job of any tenant (internal bookkeeping).
+    fn job_record(&self, id: &str) -> Option<JobRecord> {
+        self.jobs.lock().expect("jobs lock").get(id).cloned()
+    }
+
+    /// Cancel the tenant's job: publishing stops, workers drop its queued shards, finished shards
+    /// are kept. A finished job is returned unchanged.
+    pub async fn cancel_job(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+    ) -> Result<JobRecord, ServiceError> {
+        let mut job = self.job(id, tenant)?;
         if !job.status.is_terminal() {
             job.status = JobStatus::Cancelled;
             job.stopped_at_ms = Some(now_ms());
@@ -330,8 +418,9 @@ impl Coordinator {
         Ok(job)
     }
 
-    pub async fn delete_job(&self, id: &str) -> Result<(), ServiceError> {
-        let job = self.cancel_job(id).await?;
+    /// Cancel and delete the tenant's job with its parts, report and dataset.
+    pub async fn delete_job(&self, id: &str, tenant: Option<&str>) -> Result<(), ServiceError> {
+        let job = self.cancel_job(id, tenant).await?;
         for key in self.store.list(&format!("jobs/{}/", job.id)).await? {
             self.store.delete(&key).await?;
         }
@@ -373,12 +462,12 @@ impl Coordinator {
 
     /// Whether the job is still wanted (not cancelled or deleted meanwhile).
     fn still_active(&self, id: &str) -> bool {
-        self.job(id).is_ok_and(|j| !j.status.is_terminal())
+        self.job_record(id).is_some_and(|j| !j.status.is_terminal())
     }
 
     async fn fail(&self, id: &str, message: String) {
         tracing::warn!(job_id = %id, %message, "job failed");
-        if let Ok(mut job) = self.job(id) {
+        if let Some(mut job) = self.job_record(id) {
             job.status = JobStatus::Failed;
             job.stopped_at_ms = Some(now_ms());
             job.status_message = Some(message);
@@ -394,7 +483,9 @@ impl Coordinator {
             Ok(planned) => planned,
             Err(message) => return self.fail(&id, message).await,
         };
-        let Ok(mut job) = self.job(&id) else { return };
+        let Some(mut job) = self.job_record(&id) else {
+            return;
+        };
         if job.status.is_terminal() {
             return;
         }
@@ -439,7 +530,7 @@ impl Coordinator {
             }
         }
         tracing::info!(job_id = %id, published, reused = done.len(), "shards published");
-        if let Ok(mut job) = self.job(&id)
+        if let Some(mut job) = self.job_record(&id)
             && !job.status.is_terminal()
         {
             job.status = JobStatus::Running;
@@ -488,7 +579,9 @@ impl Coordinator {
 
     /// The job's tree (ingested once, then read back from the store) and its shards.
     async fn prepare(&self, id: &str) -> Result<(PrincipleTree, Vec<ShardMessage>), String> {
-        let job = self.job(id).map_err(|e| e.to_string())?;
+        let job = self
+            .job_record(id)
+            .ok_or_else(|| format!("job {id} was deleted"))?;
         let tree_key = job_tree_key(id);
         let tree = match self.store.get(&tree_key).await.map_err(|e| e.to_string())? {
             Some(bytes) => serde_json::from_slice::<PrincipleTree>(&bytes)
@@ -515,7 +608,7 @@ impl Coordinator {
         let mut paths = Vec::new();
         for (i, file_id) in job.files.iter().enumerate() {
             let (record, content) = self
-                .file_content(file_id)
+                .file_content(file_id, job.tenant.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
             // The stored name is validated at upload; prefix the index so two equal names coexist.
@@ -538,7 +631,7 @@ impl Coordinator {
     /// Bring every running job's progress up to date; merge the ones whose shards are all done.
     pub async fn tick(&self) {
         let running: Vec<JobRecord> = self
-            .jobs()
+            .all_jobs()
             .into_iter()
             .filter(|j| j.status == JobStatus::Running)
             .collect();
@@ -632,6 +725,7 @@ impl Coordinator {
             created_at_ms: now_ms(),
             content_key: dataset_key(&id),
             origin_job_id: Some(id.clone()),
+            tenant: job.tenant.clone(),
         };
         self.put_file_record(&file).await?;
         job.status = JobStatus::Completed;
@@ -650,9 +744,9 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The stored report of a finished job.
-    pub async fn report(&self, id: &str) -> Result<Bytes, ServiceError> {
-        self.job(id)?;
+    /// The stored report of the tenant's finished job.
+    pub async fn report(&self, id: &str, tenant: Option<&str>) -> Result<Bytes, ServiceError> {
+        self.job(id, tenant)?;
         self.store
             .get(&report_key(id))
             .await?
