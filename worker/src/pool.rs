@@ -89,7 +89,17 @@ pub async fn run_pool(
 
 async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn EventSink) {
     let message_id = delivery.message_id.clone().unwrap_or_default();
-    let span = info_span!("shard", shard_id = %message_id, redelivered = delivery.redelivered);
+    // The job id is read before decoding so that every event of the shard, a failed decode's
+    // included, carries it.
+    let job_id = serde_json::from_slice::<serde_json::Value>(&delivery.body)
+        .ok()
+        .and_then(|v| v.get("job_id")?.as_str().map(String::from));
+    let span = info_span!(
+        "shard",
+        job_id = job_id.as_deref().unwrap_or(""),
+        shard_id = %message_id,
+        redelivered = delivery.redelivered
+    );
     metrics::DELIVERIES
         .with_label_values(&[if delivery.redelivered {
             "true"
@@ -109,7 +119,7 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
     async {
         let (disposition, event) = match processor.process_bytes(&delivery.body).await {
             Ok((shard, ShardOutcome::Written(report))) => {
-                tracing::info!(job_id = %shard.job_id, accepted = report.accepted, "part written");
+                tracing::info!(accepted = report.accepted, "part written");
                 (
                     Disposition::Ack,
                     ShardEvent::Completed {
@@ -119,7 +129,7 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
                 )
             }
             Ok((shard, ShardOutcome::Duplicate)) => {
-                tracing::info!(job_id = %shard.job_id, "part already written; acknowledging duplicate");
+                tracing::info!("part already written; acknowledging duplicate");
                 (
                     Disposition::Ack,
                     ShardEvent::Duplicate {
@@ -129,7 +139,7 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
                 )
             }
             Ok((shard, ShardOutcome::Cancelled)) => {
-                tracing::info!(job_id = %shard.job_id, "job cancelled; dropping its shard");
+                tracing::info!("job cancelled; dropping its shard");
                 (
                     Disposition::Ack,
                     ShardEvent::Cancelled {
@@ -141,9 +151,6 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
             Err(error) => {
                 let disposition = error.disposition();
                 warn!(%error, ?disposition, "shard failed");
-                let job_id = serde_json::from_slice::<serde_json::Value>(&delivery.body)
-                    .ok()
-                    .and_then(|v| v.get("job_id")?.as_str().map(String::from));
                 (
                     disposition.clone(),
                     ShardEvent::Failed {

@@ -772,10 +772,20 @@ async fn healthz() -> &'static str {
     path = "/readyz",
     tag = "operations",
     security(()),
-    responses((status = 200, description = "ready", content_type = "text/plain", body = String))
+    responses(
+        (status = 200, description = "the object store and Redis answer", content_type = "text/plain", body = String),
+        (status = 503, description = "a service the coordinator needs does not answer", content_type = "text/plain", body = String),
+    )
 )]
-async fn readyz() -> &'static str {
-    "ok"
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state
+        .coordinator
+        .check_ready(std::time::Duration::from_secs(2))
+        .await
+    {
+        Ok(()) => "ok".into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
 }
 
 /// This document.

@@ -41,6 +41,12 @@ impl RedisProgress {
         format!("{}:job:{job_id}", self.namespace)
     }
 
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING").query_async(&mut connection).await
+    }
+
     pub async fn counters(&self, job_id: &str) -> redis::RedisResult<LiveCounters> {
         let mut connection = self.connection.clone();
         let (accepted, rejected, tokens): (Option<u64>, Option<u64>, Option<u64>) =

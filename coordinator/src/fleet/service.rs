@@ -141,6 +141,23 @@ fn owned_by(owner: &Option<String>, tenant: Option<&str>) -> bool {
 }
 
 impl Coordinator {
+    /// Whether the object store and Redis answer within `timeout`; the reason when not.
+    pub async fn check_ready(&self, timeout: std::time::Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.store.exists("readyz")).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(format!("object store: {error}")),
+            Err(_) => return Err("object store: no answer in time".into()),
+        }
+        if let Some(progress) = &self.progress {
+            match tokio::time::timeout(timeout, progress.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(format!("redis: {error}")),
+                Err(_) => return Err("redis: no answer in time".into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Load the jobs recorded on the store and resume those that were not finished.
     /// `max_upload_bytes` bounds the files `upload_file` accepts.
     pub async fn start(
