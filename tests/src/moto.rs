@@ -94,6 +94,12 @@ impl MotoServer {
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
+
+    /// Stop the server (an S3 outage); it is not restarted.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for MotoServer {

@@ -349,3 +349,17 @@ async fn a_cancelled_job_stops_spending_and_keeps_what_is_done() {
     assert!(done >= 1 && done < total, "{done} of {total} shards kept");
     tear_down(fleet, llm).await;
 }
+
+#[test]
+fn readiness_follows_the_object_store() {
+    let mut fleet = Fleet::new("readyz");
+    fleet.start_coordinator();
+    let (status, body) = fleet.http_get("/readyz");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    fleet.moto.stop();
+    let (status, body) = fleet.http_get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("object store"), "{body}");
+    let (status, _) = fleet.http_get("/healthz");
+    assert_eq!(status, 200, "alive while not ready");
+}
