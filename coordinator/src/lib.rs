@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod embedded;
+pub mod estimate;
 pub mod fleet;
 pub mod ingest;
 pub mod merge;
