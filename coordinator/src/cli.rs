@@ -23,6 +23,7 @@ use worker::llm::{LlmClient, LlmConfig};
 use worker::process::Generators;
 use worker::store::{LocalStore, ObjectStore};
 
+use crate::combine;
 use crate::embedded::{self, RunError, RunOptions};
 use crate::estimate;
 use crate::fleet::api::{ApiConfig, DEFAULT_MAX_JSON_BYTES, JobDefaults};
@@ -57,6 +58,8 @@ enum Command {
     Run(RunArgs),
     /// Estimate a job's LLM calls, tokens, cost and time without calling any model.
     Estimate(EstimateArgs),
+    /// Merge generated datasets with your own training data, deduplicated, optionally split.
+    Combine(CombineArgs),
     /// Serve the job API and /metrics, publish shards, track progress, merge.
     Coordinator(CoordinatorArgs),
     /// Consume shards from the queue and write their parts (start as many as you like).
@@ -382,6 +385,31 @@ fn non_negative(value: &str) -> Result<f64, String> {
 }
 
 #[derive(Debug, Args)]
+struct CombineArgs {
+    /// Generated datasets and your own data (.parquet, .jsonl); earlier inputs win duplicates.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Source name of the inputs, in order, one per `--source` (default: the file stem).
+    #[arg(long = "source", value_name = "NAME")]
+    sources: Vec<String>,
+    /// Output prefix: OUT.parquet and OUT.jsonl (OUT.eval.* with --eval-fraction).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Share of rows held out for evaluation, stratified by section (0 < F < 1).
+    #[arg(long)]
+    eval_fraction: Option<f64>,
+    /// Seed of the evaluation split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Word-set similarity (0.5–1) from which a question is a near duplicate of an earlier one.
+    #[arg(long, default_value_t = DEFAULT_NEAR_DUPLICATE_THRESHOLD, value_parser = near_duplicate_threshold)]
+    near_duplicate_threshold: f64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct RunArgs {
     /// Principle documents.
     #[arg(required = true)]
@@ -408,6 +436,7 @@ pub fn main() -> ExitCode {
             Command::Convert(args) => convert(args),
             Command::Run(args) => run(args).await,
             Command::Estimate(args) => estimate(args),
+            Command::Combine(args) => combine(args),
             Command::Coordinator(args) => coordinator(args).await,
             Command::Worker(args) => worker(args).await,
             Command::Submit(args) => submit(args).await,
@@ -639,6 +668,39 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) => Err(error.into()),
     }
+}
+
+fn combine(args: CombineArgs) -> anyhow::Result<ExitCode> {
+    if args.sources.len() > args.inputs.len() {
+        bail!(
+            "{} --source names for {} inputs",
+            args.sources.len(),
+            args.inputs.len()
+        );
+    }
+    let mut names = args.sources.into_iter();
+    let inputs = args
+        .inputs
+        .into_iter()
+        .map(|path| combine::CombineInput {
+            path,
+            source: names.next(),
+        })
+        .collect();
+    let summary = combine::combine_files(&combine::CombineOptions {
+        inputs,
+        out: args.out,
+        eval_fraction: args.eval_fraction,
+        seed: args.seed,
+        near_duplicate_threshold: args.near_duplicate_threshold,
+    })?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        write!(stdout, "{}", combine::render(&summary))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn estimate(args: EstimateArgs) -> anyhow::Result<ExitCode> {

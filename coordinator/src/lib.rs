@@ -4,6 +4,7 @@
 //! Only the `worker` crate talks to an LLM; this crate never does.
 
 pub mod cli;
+pub mod combine;
 pub mod embedded;
 pub mod estimate;
 pub mod fleet;
