@@ -690,9 +690,11 @@ fn combine(args: CombineArgs) -> anyhow::Result<ExitCode> {
     let summary = combine::combine_files(&combine::CombineOptions {
         inputs,
         out: args.out,
-        eval_fraction: args.eval_fraction,
-        seed: args.seed,
-        near_duplicate_threshold: args.near_duplicate_threshold,
+        settings: combine::CombineSettings {
+            eval_fraction: args.eval_fraction,
+            seed: args.seed,
+            near_duplicate_threshold: args.near_duplicate_threshold,
+        },
     })?;
     let mut stdout = std::io::stdout().lock();
     if args.json {

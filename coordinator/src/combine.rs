@@ -52,11 +52,25 @@ pub struct CombineOptions {
     pub inputs: Vec<CombineInput>,
     /// Output prefix: `OUT.parquet`, `OUT.jsonl` (and `OUT.eval.parquet`, `OUT.eval.jsonl`).
     pub out: PathBuf,
+    pub settings: CombineSettings,
+}
+
+/// How rows are deduplicated and split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CombineSettings {
     /// Share of rows held out for evaluation (0 < F < 1), if any.
     pub eval_fraction: Option<f64>,
     pub seed: u64,
     /// Word-set similarity from which a question is a near duplicate (0.5–1).
     pub near_duplicate_threshold: f64,
+}
+
+/// One input's content: its source name, its file name (which says how to read it), its bytes.
+#[derive(Debug, Clone)]
+pub struct InputContent {
+    pub source: String,
+    pub name: String,
+    pub bytes: Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +94,14 @@ pub enum CombineError {
     Write { path: String, source: DatasetError },
     #[error("the evaluation fraction must be between 0 and 1 (exclusive), not {0}")]
     Fraction(f64),
+    #[error("the near-duplicate threshold must be between 0.5 and 1, not {0}")]
+    Threshold(f64),
     #[error("no input given")]
     NoInput,
 }
 
 /// What happened to one input's rows.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SourceSummary {
     pub source: String,
     pub path: String,
@@ -96,7 +112,7 @@ pub struct SourceSummary {
 }
 
 /// What `combine` did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CombineSummary {
     pub sources: Vec<SourceSummary>,
     pub rows: u64,
@@ -106,6 +122,7 @@ pub struct CombineSummary {
     pub eval: u64,
     /// Section groups the evaluation split was stratified by (0 without a split).
     pub strata: u64,
+    /// The files written (the CLI: paths; the API: file ids).
     pub outputs: Vec<String>,
 }
 
@@ -126,37 +143,55 @@ pub struct Combined {
 
 /// Read every input, combine, and write the outputs.
 pub fn combine_files(options: &CombineOptions) -> Result<CombineSummary, CombineError> {
-    if options.inputs.is_empty() {
-        return Err(CombineError::NoInput);
-    }
-    if let Some(f) = options.eval_fraction
-        && !(f > 0.0 && f < 1.0)
-    {
-        return Err(CombineError::Fraction(f));
-    }
-    let mut sources = Vec::with_capacity(options.inputs.len());
+    let mut inputs = Vec::with_capacity(options.inputs.len());
     for input in &options.inputs {
-        let source = input.source.clone().unwrap_or_else(|| stem(&input.path));
         let bytes = std::fs::read(&input.path).map_err(|source| CombineError::Io {
             path: input.path.display().to_string(),
             source,
         })?;
-        let records = read_input(&input.path, &source, Bytes::from(bytes))?;
-        sources.push((source, input.path.display().to_string(), records));
+        inputs.push(InputContent {
+            source: input.source.clone().unwrap_or_else(|| stem(&input.path)),
+            name: input.path.display().to_string(),
+            bytes: Bytes::from(bytes),
+        });
     }
-    let mut combined = combine(
-        sources,
-        options.near_duplicate_threshold,
-        options.eval_fraction,
-        options.seed,
-    );
+    let mut combined = combine_inputs(inputs, options.settings)?;
     let out = output_prefix(&options.out);
     let mut outputs = write_split(&out, "", &combined.train)?;
-    if options.eval_fraction.is_some() {
+    if options.settings.eval_fraction.is_some() {
         outputs.extend(write_split(&out, ".eval", &combined.eval)?);
     }
     combined.summary.outputs = outputs;
     Ok(combined.summary)
+}
+
+/// Read and combine inputs already in memory (the API's uploaded files); nothing is written.
+pub fn combine_inputs(
+    inputs: Vec<InputContent>,
+    settings: CombineSettings,
+) -> Result<Combined, CombineError> {
+    if inputs.is_empty() {
+        return Err(CombineError::NoInput);
+    }
+    if let Some(f) = settings.eval_fraction
+        && !(f > 0.0 && f < 1.0)
+    {
+        return Err(CombineError::Fraction(f));
+    }
+    if !(0.5..=1.0).contains(&settings.near_duplicate_threshold) {
+        return Err(CombineError::Threshold(settings.near_duplicate_threshold));
+    }
+    let mut sources = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let records = read_input(Path::new(&input.name), &input.source, input.bytes)?;
+        sources.push((input.source, input.name, records));
+    }
+    Ok(combine(
+        sources,
+        settings.near_duplicate_threshold,
+        settings.eval_fraction,
+        settings.seed,
+    ))
 }
 
 /// `OUT` without a `.parquet` or `.jsonl` extension.
@@ -167,10 +202,29 @@ fn output_prefix(out: &Path) -> PathBuf {
     }
 }
 
-fn stem(path: &Path) -> String {
+/// The file stem of a path or file name: the default source name.
+pub fn stem(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The rows as Parquet in the dataset schema plus `source`.
+pub fn encode_parquet(rows: &[SourcedRecord]) -> Result<Vec<u8>, DatasetError> {
+    let records: Vec<Record> = rows.iter().map(|r| r.record.clone()).collect();
+    let sources: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
+    proto::dataset::encode_parquet_with_source(&records, &sources, &[])
+}
+
+/// The rows as fine-tuning JSONL: `{"messages": [...]}` per line.
+pub fn encode_jsonl(rows: &[SourcedRecord]) -> String {
+    let mut jsonl = String::new();
+    for row in rows {
+        let line = serde_json::json!({ "messages": row.record.messages });
+        jsonl.push_str(&line.to_string());
+        jsonl.push('\n');
+    }
+    jsonl
 }
 
 /// Write `PREFIX{suffix}.parquet` and `PREFIX{suffix}.jsonl`; returns their paths.
@@ -185,24 +239,13 @@ fn write_split(
         PathBuf::from(name)
     };
     let parquet_path = path("parquet");
-    let records: Vec<Record> = rows.iter().map(|r| r.record.clone()).collect();
-    let sources: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
-    let parquet =
-        proto::dataset::encode_parquet_with_source(&records, &sources, &[]).map_err(|source| {
-            CombineError::Write {
-                path: parquet_path.display().to_string(),
-                source,
-            }
-        })?;
+    let parquet = encode_parquet(rows).map_err(|source| CombineError::Write {
+        path: parquet_path.display().to_string(),
+        source,
+    })?;
     write(&parquet_path, &parquet)?;
     let jsonl_path = path("jsonl");
-    let mut jsonl = String::new();
-    for record in &records {
-        let line = serde_json::json!({ "messages": record.messages });
-        jsonl.push_str(&line.to_string());
-        jsonl.push('\n');
-    }
-    write(&jsonl_path, jsonl.as_bytes())?;
+    write(&jsonl_path, encode_jsonl(rows).as_bytes())?;
     Ok(vec![
         parquet_path.display().to_string(),
         jsonl_path.display().to_string(),

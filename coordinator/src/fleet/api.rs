@@ -26,12 +26,13 @@ use utoipa_axum::routes;
 use super::keys::{AuthError, Caller, KeyRing};
 use super::records::{FileRecord, PURPOSE_FINE_TUNE};
 use super::service::{
-    Coordinator, GenerateRequest, ServiceError, check_upload_name, too_large, validate_upload,
+    CombineRequest, Coordinator, GenerateRequest, ServiceError, check_upload_name, too_large,
+    validate_upload,
 };
 use super::wire::{
-    AlignmentList, AlignmentOutput, AlignmentResponse, ErrorBody, ErrorDetail, FileDeleted,
-    FileList, FileResponse, GenerateRequest as GenerateBody, ValidateMetadataRequest,
-    ValidateMetadataResponse,
+    AlignmentList, AlignmentOutput, AlignmentResponse, CombineBody, CombineResponse, ErrorBody,
+    ErrorDetail, FileDeleted, FileList, FileResponse, GenerateRequest as GenerateBody,
+    ValidateMetadataRequest, ValidateMetadataResponse,
 };
 
 /// Room for the multipart envelope and the small fields beside the file.
@@ -124,6 +125,7 @@ pub fn router_and_openapi(
         .routes(routes!(job_outputs))
         .routes(routes!(cancel_job))
         .routes(routes!(job_report))
+        .routes(routes!(combine))
         .route_layer(middleware::from_fn_with_state(keys, require_key));
     let public = OpenApiRouter::new()
         .routes(routes!(metrics))
@@ -608,6 +610,51 @@ async fn generate(
         )
         .await?;
     Ok(Json(AlignmentResponse::from(&job)))
+}
+
+/// Combine `fine-tune` files (generated datasets and the caller's own data) into a new one:
+/// normalised to the dataset schema with a `source` column, exact and near duplicates removed,
+/// optionally with a stratified evaluation split (a second new file).
+#[utoipa::path(
+    post,
+    path = "/v1/flow/combine",
+    tag = "files",
+    request_body = CombineBody,
+    responses(
+        (status = 200, description = "the new files and the counts", body = CombineResponse),
+        (status = 400, description = "invalid request or unreadable data (the file and line are named)", body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "a file is not found for this tenant", body = ErrorBody),
+    )
+)]
+async fn combine(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<CombineBody>,
+) -> ApiResult<Json<CombineResponse>> {
+    let outcome = state
+        .coordinator
+        .combine_files(
+            CombineRequest {
+                files: body.files,
+                sources: body.sources,
+                name: body.name.unwrap_or_else(|| "combined".into()),
+                settings: crate::combine::CombineSettings {
+                    eval_fraction: body.eval_fraction,
+                    seed: body.seed.unwrap_or(0),
+                    near_duplicate_threshold: body
+                        .near_duplicate_threshold
+                        .unwrap_or(state.defaults.near_duplicate_threshold),
+                },
+            },
+            tenant(&caller),
+        )
+        .await?;
+    Ok(Json(CombineResponse {
+        file: FileResponse::from(&outcome.file),
+        eval_file: outcome.eval_file.as_ref().map(FileResponse::from),
+        summary: outcome.summary,
+    }))
 }
 
 /// The caller's jobs, newest first.

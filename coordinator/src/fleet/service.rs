@@ -21,6 +21,7 @@ use worker::store::{ObjectStore, StoreError};
 
 use super::progress::RedisProgress;
 use super::records::*;
+use crate::combine;
 use crate::ingest;
 use crate::merge::{dataset_key, merge_job};
 use crate::plan::plan_shards;
@@ -58,6 +59,24 @@ pub enum ServiceError {
 pub struct GenerateRequest {
     pub spec: JobSpec,
     pub files: Vec<String>,
+}
+
+/// What to combine and how (`POST /v1/flow/combine`).
+pub struct CombineRequest {
+    /// Ids of `fine-tune` files, in order of precedence.
+    pub files: Vec<String>,
+    /// Source names of the first files, in order (the others: their file stems).
+    pub sources: Vec<String>,
+    /// Name of the new files (`NAME.parquet`, `NAME.eval.parquet`).
+    pub name: String,
+    pub settings: combine::CombineSettings,
+}
+
+/// The new files and what happened to the rows.
+pub struct CombineOutcome {
+    pub summary: combine::CombineSummary,
+    pub file: FileRecord,
+    pub eval_file: Option<FileRecord>,
 }
 
 pub struct Coordinator {
@@ -211,6 +230,18 @@ impl Coordinator {
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors.join("; ")));
         }
+        self.store_new_file(filename, purpose, content, tenant)
+            .await
+    }
+
+    /// Store a new file of `tenant` (its name and purpose already checked).
+    async fn store_new_file(
+        &self,
+        filename: &str,
+        purpose: &str,
+        content: Bytes,
+        tenant: Option<&str>,
+    ) -> Result<FileRecord, ServiceError> {
         let id = new_id("file");
         let record = FileRecord {
             id: id.clone(),
@@ -226,6 +257,90 @@ impl Coordinator {
         self.store.put(&record.content_key, content).await?;
         self.put_file_record(&record).await?;
         Ok(record)
+    }
+
+    /// `principia combine` on the tenant's `fine-tune` files: the combined rows become a new
+    /// `fine-tune` file `NAME.parquet` (and `NAME.eval.parquet` with an evaluation split); the
+    /// summary's `outputs` are their ids.
+    pub async fn combine_files(
+        &self,
+        request: CombineRequest,
+        tenant: Option<&str>,
+    ) -> Result<CombineOutcome, ServiceError> {
+        if request.files.is_empty() {
+            return Err(ServiceError::Invalid(
+                "files must name at least one uploaded file".into(),
+            ));
+        }
+        if request.sources.len() > request.files.len() {
+            return Err(ServiceError::Invalid(format!(
+                "{} source names for {} files",
+                request.sources.len(),
+                request.files.len()
+            )));
+        }
+        let train_name = format!("{}.parquet", request.name);
+        let eval_name = format!("{}.eval.parquet", request.name);
+        let name_errors = check_upload_name(PURPOSE_FINE_TUNE, &eval_name);
+        if !name_errors.is_empty() {
+            return Err(ServiceError::Invalid(name_errors.join("; ")));
+        }
+        let mut inputs = Vec::with_capacity(request.files.len());
+        let mut names = request.sources.into_iter();
+        for id in &request.files {
+            let (file, bytes) = self.file_content(id, tenant).await?;
+            if file.purpose != PURPOSE_FINE_TUNE {
+                return Err(ServiceError::Invalid(format!(
+                    "file {id} has purpose {:?}; combine takes files with purpose {PURPOSE_FINE_TUNE:?}",
+                    file.purpose
+                )));
+            }
+            inputs.push(combine::InputContent {
+                source: names
+                    .next()
+                    .unwrap_or_else(|| combine::stem(Path::new(&file.filename))),
+                name: file.filename,
+                bytes,
+            });
+        }
+        let settings = request.settings;
+        let (mut combined, train, eval) = tokio::task::spawn_blocking(move || {
+            let combined = combine::combine_inputs(inputs, settings)?;
+            let encode = |rows: &[combine::SourcedRecord]| {
+                combine::encode_parquet(rows).map_err(|source| combine::CombineError::Write {
+                    path: "the combined dataset".into(),
+                    source,
+                })
+            };
+            let train = encode(&combined.train)?;
+            let eval = match settings.eval_fraction {
+                Some(_) => Some(encode(&combined.eval)?),
+                None => None,
+            };
+            Ok::<_, combine::CombineError>((combined, train, eval))
+        })
+        .await
+        .map_err(|e| ServiceError::Invalid(format!("combine task: {e}")))?
+        .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let file = self
+            .store_new_file(&train_name, PURPOSE_FINE_TUNE, Bytes::from(train), tenant)
+            .await?;
+        combined.summary.outputs = vec![file.id.clone()];
+        let eval_file = match eval {
+            Some(eval) => {
+                let record = self
+                    .store_new_file(&eval_name, PURPOSE_FINE_TUNE, Bytes::from(eval), tenant)
+                    .await?;
+                combined.summary.outputs.push(record.id.clone());
+                Some(record)
+            }
+            None => None,
+        };
+        Ok(CombineOutcome {
+            summary: combined.summary,
+            file,
+            eval_file,
+        })
     }
 
     async fn put_file_record(&self, record: &FileRecord) -> Result<(), StoreError> {
