@@ -20,7 +20,7 @@ use crate::ingest::{self, Format, IngestError};
 use crate::plan::plan_shards;
 
 /// Expected usage of a job, as `report.json` records it next to the actuals.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageEstimate {
     pub generator: String,
     /// The generator model named for the job (the estimate does not depend on it).
@@ -48,7 +48,7 @@ pub struct Pricing {
 }
 
 /// An estimate with its cost and time.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PricedEstimate {
     #[serde(flatten)]
     pub usage: UsageEstimate,

@@ -881,6 +881,63 @@ async fn combine_merges_a_job_dataset_with_uploaded_data_into_new_fine_tune_file
     assert!(error.to_string().contains("bad.jsonl:1"), "{error}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_estimate_plans_the_uploaded_documents_like_the_cli_and_starts_nothing() {
+    let server = Server::start(false).await;
+    let key = server.key("acme").await;
+    let document = server.upload_example(&key).await;
+    let body = json!({"instructions": INSTRUCTIONS, "files": [document], "generator": "openai",
+        "shard_tokens": 250, "price_in": 1.0, "price_out": 2.0});
+    let (status, estimate) = server
+        .call(
+            Method::POST,
+            "/v1/flow/alignment/estimate",
+            Some(&key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{estimate}");
+    let mut spec = proto::JobSpec::extractive(INSTRUCTIONS);
+    spec.generator.kind = proto::GeneratorKind::Openai;
+    spec.shard_token_budget = 250;
+    let expected = coordinator::estimate::estimate_files(&[example()], None, &spec).unwrap();
+    assert!(expected.calls > 0);
+    assert_eq!(estimate["calls"], expected.calls);
+    assert_eq!(estimate["shards"], expected.shards);
+    assert_eq!(estimate["prompt_tokens"], expected.prompt_tokens);
+    assert_eq!(estimate["completion_tokens"], expected.completion_tokens);
+    let cost = (expected.prompt_tokens + 2 * expected.completion_tokens) as f64 / 1e6;
+    assert!((estimate["cost"].as_f64().unwrap() - cost).abs() < 1e-12);
+    let (_, jobs) = server.get("/v1/flow/alignment", &key).await;
+    assert_eq!(jobs["data"].as_array().map_or(0, Vec::len), 0, "{jobs}");
+
+    let (status, extractive) = server
+        .call(
+            Method::POST,
+            "/v1/flow/alignment/estimate",
+            Some(&key),
+            Some(json!({"instructions": INSTRUCTIONS, "files": [document]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            extractive["generator"].as_str(),
+            extractive["calls"].as_u64()
+        ),
+        (Some("extractive"), Some(0))
+    );
+    let (status, error) = server
+        .call(
+            Method::POST,
+            "/v1/flow/alignment/estimate",
+            Some(&key),
+            Some(json!({"instructions": INSTRUCTIONS, "files": [document], "price_in": -1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+}
+
 /// `{id}` in a documented path, filled with a well-formed id that exists nowhere.
 fn concrete(path: &str) -> String {
     let id = if path.contains("/files/") {
@@ -937,6 +994,7 @@ async fn the_openapi_document_describes_every_route_and_every_described_route_is
         ("POST", "/v1/flow/alignment/{id}/cancel"),
         ("GET", "/v1/flow/alignment/{id}/report"),
         ("POST", "/v1/flow/combine"),
+        ("POST", "/v1/flow/alignment/estimate"),
         ("GET", "/metrics"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

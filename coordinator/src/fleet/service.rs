@@ -22,6 +22,7 @@ use worker::store::{ObjectStore, StoreError};
 use super::progress::RedisProgress;
 use super::records::*;
 use crate::combine;
+use crate::estimate::{UsageEstimate, estimate_shards};
 use crate::ingest;
 use crate::merge::{dataset_key, merge_job};
 use crate::plan::plan_shards;
@@ -702,7 +703,10 @@ impl Coordinator {
             Some(bytes) => serde_json::from_slice::<PrincipleTree>(&bytes)
                 .map_err(|e| format!("stored tree is unreadable: {e}"))?,
             None => {
-                let tree = self.ingest(&job).await?;
+                let tree = self
+                    .ingest(&job.files, job.tenant.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let json = serde_json::to_vec(&tree).expect("tree serializes");
                 self.store
                     .put(&tree_key, Bytes::from(json))
@@ -718,29 +722,67 @@ impl Coordinator {
         Ok((tree, shards))
     }
 
-    async fn ingest(&self, job: &JobRecord) -> Result<PrincipleTree, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("creating a work directory: {e}"))?;
+    /// The tenant's `alignment` files as one principle tree. A missing file is `NotFound`; a
+    /// document that cannot be read is `Invalid`, with the reader's message.
+    async fn ingest(
+        &self,
+        files: &[String],
+        tenant: Option<&str>,
+    ) -> Result<PrincipleTree, ServiceError> {
+        let invalid = ServiceError::Invalid;
+        let dir =
+            tempfile::tempdir().map_err(|e| invalid(format!("creating a work directory: {e}")))?;
         let mut paths = Vec::new();
-        for (i, file_id) in job.files.iter().enumerate() {
-            let (record, content) = self
-                .file_content(file_id, job.tenant.as_deref())
-                .await
-                .map_err(|e| e.to_string())?;
+        for (i, file_id) in files.iter().enumerate() {
+            let (record, content) = self.file_content(file_id, tenant).await?;
             // The stored name is validated at upload; prefix the index so two equal names coexist.
             let path = dir.path().join(format!("{i}-{}", record.filename));
             tokio::fs::write(&path, &content)
                 .await
-                .map_err(|e| format!("staging {}: {e}", record.filename))?;
+                .map_err(|e| invalid(format!("staging {}: {e}", record.filename)))?;
             paths.push(path);
         }
         let ingested = tokio::task::spawn_blocking(move || ingest::read_files(&paths, None))
             .await
-            .map_err(|e| format!("ingest task: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| invalid(format!("ingest task: {e}")))?
+            .map_err(|e| invalid(e.to_string()))?;
         for warning in &ingested.warnings {
-            tracing::warn!(job_id = %job.id, "{warning}");
+            tracing::warn!("{warning}");
         }
         Ok(ingested.tree)
+    }
+
+    /// `principia estimate` for a would-be job on the tenant's `alignment` files: ingest and plan
+    /// as the job would, no model called, nothing stored.
+    pub async fn estimate(
+        &self,
+        spec: &JobSpec,
+        files: &[String],
+        tenant: Option<&str>,
+    ) -> Result<UsageEstimate, ServiceError> {
+        if files.is_empty() {
+            return Err(ServiceError::Invalid(
+                "files must name at least one uploaded file".into(),
+            ));
+        }
+        for id in files {
+            let file = self.file(id, tenant).await?;
+            if file.purpose != PURPOSE_ALIGNMENT {
+                return Err(ServiceError::Invalid(format!(
+                    "file {id} has purpose {:?}; estimates take files with purpose {PURPOSE_ALIGNMENT:?}",
+                    file.purpose
+                )));
+            }
+        }
+        let tree = self.ingest(files, tenant).await?;
+        let job_id = crate::embedded::job_id(spec, &tree);
+        let shards = plan_shards(&tree, &job_id, spec);
+        if shards.is_empty() {
+            return Err(ServiceError::Invalid(
+                "the documents contain no section with text to generate from".into(),
+            ));
+        }
+        Ok(estimate_shards(spec, &shards))
     }
 
     /// Bring every running job's progress up to date; merge the ones whose shards are all done.

@@ -270,3 +270,23 @@ pub struct CombineResponse {
     pub eval_file: Option<FileResponse>,
     pub summary: crate::combine::CombineSummary,
 }
+
+/// `POST /v1/flow/alignment/estimate`: a generate request, and what to price and time it at
+/// (Principia).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct EstimateBody {
+    #[serde(flatten)]
+    pub job: GenerateRequest,
+    /// Price of a million prompt tokens.
+    #[serde(default)]
+    pub price_in: Option<f64>,
+    /// Price of a million completion tokens.
+    #[serde(default)]
+    pub price_out: Option<f64>,
+    /// Mean seconds one LLM call takes (10).
+    #[serde(default)]
+    pub latency_secs: Option<f64>,
+    /// LLM calls in flight at once (8).
+    #[serde(default)]
+    pub llm_concurrency: Option<usize>,
+}
