@@ -27,7 +27,7 @@ pub struct JobReport {
     pub quality: Quality,
     pub tokens: TokenUsage,
     /// The usage expected before generation (`principia estimate`), beside the actual `tokens`;
-    /// set by `principia run`.
+    /// set for completed jobs (`principia run` and the fleet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate: Option<UsageEstimate>,
     /// Shards that could not be processed, with the reason.

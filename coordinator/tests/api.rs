@@ -396,6 +396,10 @@ async fn every_endpoint_of_one_tenant_from_upload_to_deletion() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["items"]["accepted"], records.len());
+    // The extractive generator: the estimate beside the actuals says no call, as happened.
+    assert_eq!(report["estimate"]["shards"], report["shards"]["total"]);
+    assert_eq!(report["estimate"]["calls"], 0);
+    assert_eq!(report["tokens"]["calls"], 0);
     let (_, jobs) = server.get("/v1/flow/alignment", &key).await;
     assert_eq!(jobs["object"], "list");
     assert_eq!(jobs["data"][0]["id"], job_id.as_str());

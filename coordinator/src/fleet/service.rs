@@ -856,7 +856,7 @@ impl Coordinator {
                 return Ok(());
             }
         };
-        let report = report::build(ReportInput {
+        let mut report = report::build(ReportInput {
             job_id: &id,
             status: "completed",
             tree: &tree,
@@ -869,6 +869,7 @@ impl Coordinator {
             failed_shards: Vec::<FailedShard>::new(),
             wall_time_ms: now_ms().saturating_sub(job.created_at_ms),
         });
+        report.estimate = Some(estimate_shards(&job.spec, &shards));
         let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
         self.store
             .put(&report_key(&id), Bytes::from(report_json))
