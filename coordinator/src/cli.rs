@@ -23,7 +23,9 @@ use worker::llm::{LlmClient, LlmConfig};
 use worker::process::Generators;
 use worker::store::{LocalStore, ObjectStore};
 
+use crate::combine;
 use crate::embedded::{self, RunError, RunOptions};
+use crate::estimate;
 use crate::fleet::api::{ApiConfig, DEFAULT_MAX_JSON_BYTES, JobDefaults};
 use crate::fleet::client::Client;
 use crate::fleet::keys::KeyStore;
@@ -54,6 +56,10 @@ enum Command {
     Convert(ConvertArgs),
     /// Run a whole alignment job in this process: documents in, DIR/dataset.parquet out.
     Run(RunArgs),
+    /// Estimate a job's LLM calls, tokens, cost and time without calling any model.
+    Estimate(EstimateArgs),
+    /// Merge generated datasets with your own training data, deduplicated, optionally split.
+    Combine(CombineArgs),
     /// Serve the job API and /metrics, publish shards, track progress, merge.
     Coordinator(CoordinatorArgs),
     /// Consume shards from the queue and write their parts (start as many as you like).
@@ -334,6 +340,76 @@ pub struct LlmArgs {
 }
 
 #[derive(Debug, Args)]
+struct EstimateArgs {
+    /// Principle documents.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Input format; detected from the bytes and the file name when absent.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// The job's instructions: they are part of every prompt (none when absent).
+    #[arg(long, default_value = "")]
+    instructions: String,
+    /// Generator to estimate (`extractive` makes no LLM call).
+    #[arg(long, value_enum, default_value = "openai")]
+    generator: GeneratorChoice,
+    /// Generator model (shown with the estimate; token counts do not depend on it).
+    #[arg(long, env = "PRINCIPIA_LLM_MODEL")]
+    model: Option<String>,
+    #[command(flatten)]
+    sizes: SizeArgs,
+    /// Price of a million prompt tokens.
+    #[arg(long, value_parser = non_negative)]
+    price_in: Option<f64>,
+    /// Price of a million completion tokens.
+    #[arg(long, value_parser = non_negative)]
+    price_out: Option<f64>,
+    /// Mean seconds one LLM call takes (for the time estimate).
+    #[arg(long, default_value_t = 10.0, value_parser = non_negative)]
+    latency_secs: f64,
+    /// Concurrent LLM requests (for the time estimate).
+    #[arg(long, default_value_t = 8, env = "PRINCIPIA_LLM_CONCURRENCY")]
+    llm_concurrency: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn non_negative(value: &str) -> Result<f64, String> {
+    let number: f64 = value.parse().map_err(|e| format!("{e}"))?;
+    if number.is_finite() && number >= 0.0 {
+        Ok(number)
+    } else {
+        Err(format!("{value} is not a number of at least 0"))
+    }
+}
+
+#[derive(Debug, Args)]
+struct CombineArgs {
+    /// Generated datasets and your own data (.parquet, .jsonl); earlier inputs win duplicates.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Source name of the inputs, in order, one per `--source` (default: the file stem).
+    #[arg(long = "source", value_name = "NAME")]
+    sources: Vec<String>,
+    /// Output prefix: OUT.parquet and OUT.jsonl (OUT.eval.* with --eval-fraction).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Share of rows held out for evaluation, stratified by section (0 < F < 1).
+    #[arg(long)]
+    eval_fraction: Option<f64>,
+    /// Seed of the evaluation split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Word-set similarity (0.5–1) from which a question is a near duplicate of an earlier one.
+    #[arg(long, default_value_t = DEFAULT_NEAR_DUPLICATE_THRESHOLD, value_parser = near_duplicate_threshold)]
+    near_duplicate_threshold: f64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct RunArgs {
     /// Principle documents.
     #[arg(required = true)]
@@ -359,6 +435,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Convert(args) => convert(args),
             Command::Run(args) => run(args).await,
+            Command::Estimate(args) => estimate(args),
+            Command::Combine(args) => combine(args),
             Command::Coordinator(args) => coordinator(args).await,
             Command::Worker(args) => worker(args).await,
             Command::Submit(args) => submit(args).await,
@@ -590,6 +668,78 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) => Err(error.into()),
     }
+}
+
+fn combine(args: CombineArgs) -> anyhow::Result<ExitCode> {
+    if args.sources.len() > args.inputs.len() {
+        bail!(
+            "{} --source names for {} inputs",
+            args.sources.len(),
+            args.inputs.len()
+        );
+    }
+    let mut names = args.sources.into_iter();
+    let inputs = args
+        .inputs
+        .into_iter()
+        .map(|path| combine::CombineInput {
+            path,
+            source: names.next(),
+        })
+        .collect();
+    let summary = combine::combine_files(&combine::CombineOptions {
+        inputs,
+        out: args.out,
+        settings: combine::CombineSettings {
+            eval_fraction: args.eval_fraction,
+            seed: args.seed,
+            near_duplicate_threshold: args.near_duplicate_threshold,
+        },
+    })?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        write!(stdout, "{}", combine::render(&summary))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn estimate(args: EstimateArgs) -> anyhow::Result<ExitCode> {
+    let sizes = &args.sizes;
+    if sizes.min_items > sizes.max_items {
+        bail!(
+            "--min-items ({}) exceeds --max-items ({})",
+            sizes.min_items,
+            sizes.max_items
+        );
+    }
+    let mut spec = JobSpec::extractive(args.instructions.trim());
+    if args.generator == GeneratorChoice::Openai {
+        spec.generator.kind = GeneratorKind::Openai;
+        spec.generator.model = args.model.clone().filter(|m| !m.trim().is_empty());
+    }
+    spec.shard_token_budget = sizes.shard_tokens;
+    spec.min_items_per_section = sizes.min_items;
+    spec.max_items_per_section = sizes.max_items;
+    spec.near_duplicate_threshold = sizes.near_duplicate_threshold;
+    let usage = estimate::estimate_files(&args.inputs, args.format, &spec)?;
+    let priced = estimate::price(
+        usage,
+        estimate::Pricing {
+            price_in: args.price_in,
+            price_out: args.price_out,
+            latency_secs: args.latency_secs,
+            concurrency: args.llm_concurrency,
+        },
+    );
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&priced)?)?;
+    } else {
+        write!(stdout, "{}", estimate::render(&priced))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {

@@ -21,6 +21,7 @@ use worker::process::{Generators, ShardProcessor, part_key};
 use worker::queue::{MemoryQueue, ShardPublisher};
 use worker::store::{LocalStore, ObjectStore, StoreError};
 
+use crate::estimate::estimate_shards;
 use crate::ingest::{self, Format, IngestError};
 use crate::merge::{MergeError, merge_job};
 use crate::plan::plan_shards;
@@ -93,7 +94,8 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
     if shards.is_empty() {
         return Err(RunError::NothingToDo);
     }
-    tracing::info!(%job_id, shards = shards.len(), sections = tree.generation_units().len(), "job planned");
+    let estimate = estimate_shards(&spec, &shards);
+    tracing::info!(%job_id, shards = shards.len(), sections = tree.generation_units().len(), calls = estimate.calls, "job planned");
     let tree_json = serde_json::to_vec(&tree).expect("tree serializes");
     store
         .put(&format!("jobs/{job_id}/tree.json"), Bytes::from(tree_json))
@@ -212,7 +214,7 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
     .await?;
     let dataset = options.out_dir.join("dataset.parquet");
     write_file(&dataset, merged.dataset.clone()).await?;
-    let report = report::build(ReportInput {
+    let mut report = report::build(ReportInput {
         job_id: &job_id,
         status: "completed",
         tree: &tree,
@@ -225,6 +227,7 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
         failed_shards: Vec::new(),
         wall_time_ms: started.elapsed().as_millis() as u64,
     });
+    report.estimate = Some(estimate);
     write_json(&report_path, &report).await?;
     Ok(RunOutput {
         job_id,

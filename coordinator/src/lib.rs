@@ -4,7 +4,9 @@
 //! Only the `worker` crate talks to an LLM; this crate never does.
 
 pub mod cli;
+pub mod combine;
 pub mod embedded;
+pub mod estimate;
 pub mod fleet;
 pub mod ingest;
 pub mod merge;

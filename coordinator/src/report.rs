@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use proto::{PrincipleTree, Record, ShardReport, TokenUsage, UncoveredSection};
 use serde::{Deserialize, Serialize};
 
+use crate::estimate::UsageEstimate;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobReport {
     pub job_id: String,
@@ -24,6 +26,10 @@ pub struct JobReport {
     pub question_types: BTreeMap<String, u64>,
     pub quality: Quality,
     pub tokens: TokenUsage,
+    /// The usage expected before generation (`principia estimate`), beside the actual `tokens`;
+    /// set for completed jobs (`principia run` and the fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<UsageEstimate>,
     /// Shards that could not be processed, with the reason.
     pub failed_shards: Vec<FailedShard>,
     pub wall_time_ms: u64,
@@ -222,6 +228,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
         question_types,
         quality,
         tokens,
+        estimate: None,
         failed_shards: input.failed_shards,
         wall_time_ms: input.wall_time_ms,
     }
@@ -384,6 +391,13 @@ pub fn render(report: &JobReport) -> String {
         quality.calls_per_item,
         quality.prompt_tokens_per_item
     );
+    if let Some(estimate) = &report.estimate {
+        let _ = writeln!(
+            out,
+            "estimated before the run: {} prompt + {} completion tokens in {} calls",
+            estimate.prompt_tokens, estimate.completion_tokens, estimate.calls
+        );
+    }
     for failed in &report.failed_shards {
         let _ = writeln!(out, "failed shard {}: {}", failed.shard_id, failed.reason);
     }

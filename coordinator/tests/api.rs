@@ -406,6 +406,10 @@ async fn every_endpoint_of_one_tenant_from_upload_to_deletion() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["items"]["accepted"], records.len());
+    // The extractive generator: the estimate beside the actuals says no call, as happened.
+    assert_eq!(report["estimate"]["shards"], report["shards"]["total"]);
+    assert_eq!(report["estimate"]["calls"], 0);
+    assert_eq!(report["tokens"]["calls"], 0);
     let (_, jobs) = server.get("/v1/flow/alignment", &key).await;
     assert_eq!(jobs["object"], "list");
     assert_eq!(jobs["data"][0]["id"], job_id.as_str());
@@ -771,6 +775,188 @@ async fn cancelling_a_job_mid_way_stops_it_and_keeps_it_cancelled() {
     assert_eq!(outputs, json!([]));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn combine_merges_a_job_dataset_with_uploaded_data_into_new_fine_tune_files() {
+    let server = Server::start(false).await;
+    server.start_workers();
+    let key = server.key("acme").await;
+    let document = server.upload_example(&key).await;
+    let (status, job) = server.generate(&key, &[&document]).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    let job_id = job["id"].as_str().unwrap();
+    let done = server
+        .wait_for_status(&key, job_id, &["completed", "failed"])
+        .await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let (_, outputs) = server
+        .get(&format!("/v1/flow/alignment/{job_id}/outputs"), &key)
+        .await;
+    let dataset = outputs[0]["id"].as_str().unwrap().to_string();
+    let generated = {
+        let response = server
+            .request(
+                Method::GET,
+                &format!("/v1/flow/files/{dataset}/content"),
+                Some(&key),
+            )
+            .send()
+            .await
+            .unwrap();
+        let bytes = response.bytes().await.unwrap();
+        proto::dataset::decode_parquet(bytes).unwrap().0
+    };
+
+    // The user's data: two repeats of generated items and two of its own.
+    let mut mine = String::new();
+    for record in &generated[..2] {
+        mine.push_str(&format!(
+            "{}\n",
+            json!({"question": record.question, "answer": record.answer})
+        ));
+    }
+    mine.push_str("{\"prompt\": \"Which branch closes mortgages in Halifax?\", \"completion\": \"The Quay Street branch does.\"}\n");
+    mine.push_str("{\"prompt\": \"How long are signed loan files kept?\", \"completion\": \"Seven years after payoff.\"}\n");
+    let (status, user_file) = server
+        .upload(&key, "mine.jsonl", "fine-tune", mine.into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{user_file}");
+    let user_file = user_file["id"].as_str().unwrap();
+
+    let body = json!({"files": [dataset, user_file], "sources": ["generated"],
+        "eval_fraction": 0.25, "seed": 3, "name": "harbor-plus-mine"});
+    let (status, combined) = server
+        .call(Method::POST, "/v1/flow/combine", Some(&key), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{combined}");
+    let summary = &combined["summary"];
+    let n = generated.len() as u64;
+    assert_eq!(summary["rows"], n + 4);
+    assert_eq!(summary["kept"], n + 2);
+    assert_eq!(summary["sources"][1]["source"], "mine");
+    assert_eq!(summary["sources"][1]["removed"]["exact_duplicate"], 2);
+    assert_eq!(combined["file"]["filename"], "harbor-plus-mine.parquet");
+    assert_eq!(combined["file"]["purpose"], "fine-tune");
+    assert_eq!(
+        combined["eval_file"]["filename"],
+        "harbor-plus-mine.eval.parquet"
+    );
+    let mut rows = 0;
+    for file in [&combined["file"], &combined["eval_file"]] {
+        let id = file["id"].as_str().unwrap();
+        let response = server
+            .request(
+                Method::GET,
+                &format!("/v1/flow/files/{id}/content"),
+                Some(&key),
+            )
+            .send()
+            .await
+            .unwrap();
+        rows += proto::dataset::decode_parquet(response.bytes().await.unwrap())
+            .unwrap()
+            .0
+            .len() as u64;
+    }
+    assert_eq!(rows, n + 2);
+    assert_eq!(summary["eval"], ((n + 2) as f64 * 0.25).round() as u64);
+
+    // Only fine-tune files of the caller's own tenant; unreadable data names file and line.
+    let (status, error) = server
+        .call(
+            Method::POST,
+            "/v1/flow/combine",
+            Some(&key),
+            Some(json!({"files": [document]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let other = server.key("globex").await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/v1/flow/combine",
+            Some(&other),
+            Some(json!({"files": [user_file]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, bad) = server
+        .upload(
+            &key,
+            "bad.jsonl",
+            "fine-tune",
+            b"{\"question\": 1}\n".to_vec(),
+        )
+        .await;
+    let (status, error) = server
+        .call(
+            Method::POST,
+            "/v1/flow/combine",
+            Some(&key),
+            Some(json!({"files": [bad["id"]]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.to_string().contains("bad.jsonl:1"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_estimate_plans_the_uploaded_documents_like_the_cli_and_starts_nothing() {
+    let server = Server::start(false).await;
+    let key = server.key("acme").await;
+    let document = server.upload_example(&key).await;
+    let body = json!({"instructions": INSTRUCTIONS, "files": [document], "generator": "openai",
+        "shard_tokens": 250, "price_in": 1.0, "price_out": 2.0});
+    let (status, estimate) = server
+        .call(
+            Method::POST,
+            "/v1/flow/alignment/estimate",
+            Some(&key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{estimate}");
+    let mut spec = proto::JobSpec::extractive(INSTRUCTIONS);
+    spec.generator.kind = proto::GeneratorKind::Openai;
+    spec.shard_token_budget = 250;
+    let expected = coordinator::estimate::estimate_files(&[example()], None, &spec).unwrap();
+    assert!(expected.calls > 0);
+    assert_eq!(estimate["calls"], expected.calls);
+    assert_eq!(estimate["shards"], expected.shards);
+    assert_eq!(estimate["prompt_tokens"], expected.prompt_tokens);
+    assert_eq!(estimate["completion_tokens"], expected.completion_tokens);
+    let cost = (expected.prompt_tokens + 2 * expected.completion_tokens) as f64 / 1e6;
+    assert!((estimate["cost"].as_f64().unwrap() - cost).abs() < 1e-12);
+    let (_, jobs) = server.get("/v1/flow/alignment", &key).await;
+    assert_eq!(jobs["data"].as_array().map_or(0, Vec::len), 0, "{jobs}");
+
+    let (status, extractive) = server
+        .call(
+            Method::POST,
+            "/v1/flow/alignment/estimate",
+            Some(&key),
+            Some(json!({"instructions": INSTRUCTIONS, "files": [document]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            extractive["generator"].as_str(),
+            extractive["calls"].as_u64()
+        ),
+        (Some("extractive"), Some(0))
+    );
+    let (status, error) = server
+        .call(
+            Method::POST,
+            "/v1/flow/alignment/estimate",
+            Some(&key),
+            Some(json!({"instructions": INSTRUCTIONS, "files": [document], "price_in": -1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+}
+
 /// `{id}` in a documented path, filled with a well-formed id that exists nowhere.
 fn concrete(path: &str) -> String {
     let id = if path.contains("/files/") {
@@ -826,6 +1012,8 @@ async fn the_openapi_document_describes_every_route_and_every_described_route_is
         ("GET", "/v1/flow/alignment/{id}/outputs"),
         ("POST", "/v1/flow/alignment/{id}/cancel"),
         ("GET", "/v1/flow/alignment/{id}/report"),
+        ("POST", "/v1/flow/combine"),
+        ("POST", "/v1/flow/alignment/estimate"),
         ("GET", "/metrics"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

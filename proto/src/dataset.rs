@@ -410,6 +410,43 @@ pub fn encode_parquet(
     records: &[Record],
     metadata: &[(&str, String)],
 ) -> Result<Vec<u8>, DatasetError> {
+    write_parquet(schema(), records, None, metadata)
+}
+
+/// Column that `principia combine` adds after the dataset's columns: where each row came from
+/// (a generated dataset or the user's own data). Readers of the dataset schema ignore it.
+pub const SOURCE_COLUMN: &str = "source";
+
+/// The dataset schema plus [`SOURCE_COLUMN`].
+pub fn schema_with_source() -> SchemaRef {
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(SOURCE_COLUMN, DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Encode records with their sources (same order and length) as one Parquet file in
+/// [`schema_with_source`].
+pub fn encode_parquet_with_source(
+    records: &[Record],
+    sources: &[&str],
+    metadata: &[(&str, String)],
+) -> Result<Vec<u8>, DatasetError> {
+    if sources.len() != records.len() {
+        return Err(DatasetError::Column(SOURCE_COLUMN));
+    }
+    write_parquet(schema_with_source(), records, Some(sources), metadata)
+}
+
+fn write_parquet(
+    schema: SchemaRef,
+    records: &[Record],
+    sources: Option<&[&str]>,
+    metadata: &[(&str, String)],
+) -> Result<Vec<u8>, DatasetError> {
     let mut kv = vec![KeyValue::new(
         SCHEMA_VERSION_KEY.to_string(),
         DATASET_SCHEMA_VERSION.to_string(),
@@ -424,9 +461,22 @@ pub fn encode_parquet(
         .set_key_value_metadata(Some(kv))
         .build();
     let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, schema(), Some(props))?;
-    for chunk in records.chunks(8192) {
-        writer.write(&to_batch(chunk)?)?;
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema.clone(), Some(props))?;
+    for (index, chunk) in records.chunks(8192).enumerate() {
+        let batch = to_batch(chunk)?;
+        let batch = match sources {
+            None => batch,
+            Some(sources) => {
+                let start = index * 8192;
+                let column: ArrayRef = Arc::new(StringArray::from(
+                    sources[start..start + chunk.len()].to_vec(),
+                ));
+                let mut columns = batch.columns().to_vec();
+                columns.push(column);
+                RecordBatch::try_new(schema.clone(), columns)?
+            }
+        };
+        writer.write(&batch)?;
     }
     writer.close()?;
     Ok(buffer)
@@ -505,6 +555,24 @@ mod tests {
         let (back, meta) = decode_parquet(Bytes::from(bytes)).unwrap();
         assert_eq!(back, records);
         assert_eq!(meta.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn a_source_column_is_added_after_the_dataset_and_ignored_by_its_readers() {
+        let records: Vec<Record> = (0..3).map(sample).collect();
+        let bytes = encode_parquet_with_source(&records, &["gen", "gen", "mine"], &[]).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes.clone())).unwrap();
+        let fields = reader.schema().fields().len();
+        assert_eq!(fields, schema().fields().len() + 1);
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        let sources = batch
+            .column_by_name(SOURCE_COLUMN)
+            .unwrap()
+            .as_string::<i32>();
+        assert_eq!(sources.value(2), "mine");
+        let (back, _) = decode_parquet(Bytes::from(bytes)).unwrap();
+        assert_eq!(back, records);
+        assert!(encode_parquet_with_source(&records, &["one"], &[]).is_err());
     }
 
     #[test]

@@ -595,7 +595,8 @@ fn target_section(request: &Value) -> Option<(String, String)> {
     messages.iter().find_map(|m| {
         let content = m["content"].as_str()?;
         let start = content.find(&open)?;
-        let tag_end = start + content[start..].find('>')? + 1;
+        // Attribute values may contain `>` (citations like `Policy > Part 4`) but never `"`.
+        let tag_end = start + content[start..].find("\">")? + 2;
         let tag = &content[start..tag_end];
         let citation = tag
             .split("citation=\"")

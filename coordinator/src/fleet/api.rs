@@ -26,13 +26,15 @@ use utoipa_axum::routes;
 use super::keys::{AuthError, Caller, KeyRing};
 use super::records::{FileRecord, PURPOSE_FINE_TUNE};
 use super::service::{
-    Coordinator, GenerateRequest, ServiceError, check_upload_name, too_large, validate_upload,
+    CombineRequest, Coordinator, GenerateRequest, ServiceError, check_upload_name, too_large,
+    validate_upload,
 };
 use super::wire::{
-    AlignmentList, AlignmentOutput, AlignmentResponse, ErrorBody, ErrorDetail, FileDeleted,
-    FileList, FileResponse, GenerateRequest as GenerateBody, ValidateMetadataRequest,
-    ValidateMetadataResponse,
+    AlignmentList, AlignmentOutput, AlignmentResponse, CombineBody, CombineResponse, ErrorBody,
+    ErrorDetail, EstimateBody, FileDeleted, FileList, FileResponse,
+    GenerateRequest as GenerateBody, ValidateMetadataRequest, ValidateMetadataResponse,
 };
+use crate::estimate::{PricedEstimate, Pricing, price};
 
 /// Room for the multipart envelope and the small fields beside the file.
 const MULTIPART_OVERHEAD_BYTES: usize = 1024 * 1024;
@@ -124,6 +126,8 @@ pub fn router_and_openapi(
         .routes(routes!(job_outputs))
         .routes(routes!(cancel_job))
         .routes(routes!(job_report))
+        .routes(routes!(combine))
+        .routes(routes!(estimate))
         .route_layer(middleware::from_fn_with_state(keys, require_key));
     let public = OpenApiRouter::new()
         .routes(routes!(metrics))
@@ -536,6 +540,22 @@ async fn generate(
     Extension(caller): Extension<Caller>,
     Json(body): Json<GenerateBody>,
 ) -> ApiResult<Json<AlignmentResponse>> {
+    let files = body.files.clone();
+    let spec = job_spec(body, &state.defaults, true)?;
+    let job = state
+        .coordinator
+        .create_job(GenerateRequest { spec, files }, tenant(&caller))
+        .await?;
+    Ok(Json(AlignmentResponse::from(&job)))
+}
+
+/// The job a generate request asks for, with the coordinator's defaults. The `openai` generator
+/// needs a model to run (`require_model`), not to be estimated.
+fn job_spec(
+    body: GenerateBody,
+    defaults: &JobDefaults,
+    require_model: bool,
+) -> Result<JobSpec, ApiError> {
     if let Some(kind) = body.job_type.as_deref()
         && kind != "principle"
     {
@@ -553,14 +573,13 @@ async fn generate(
             )));
         }
     };
-    let defaults = &state.defaults;
     let model = body.model.or_else(|| defaults.model.clone());
     let kind = requested.unwrap_or(if model.is_some() {
         GeneratorKind::Openai
     } else {
         GeneratorKind::Extractive
     });
-    if kind == GeneratorKind::Openai && model.is_none() {
+    if require_model && kind == GeneratorKind::Openai && model.is_none() {
         return Err(ApiError::bad_request(
             "the openai generator needs a model (request field `model`, or the coordinator's PRINCIPIA_LLM_MODEL)",
         ));
@@ -571,7 +590,7 @@ async fn generate(
     if min_items > max_items {
         return Err(ApiError::bad_request("min_items exceeds max_items"));
     }
-    let spec = JobSpec {
+    Ok(JobSpec {
         instructions: body.instructions.trim().to_string(),
         system_prompt: body
             .system_prompt
@@ -596,18 +615,99 @@ async fn generate(
         max_items_per_section: max_items,
         token_budget: body.token_budget,
         near_duplicate_threshold: defaults.near_duplicate_threshold,
+    })
+}
+
+/// What a generate request would spend: shards, LLM calls, tokens, cost and time, from the
+/// planner and the generator's real prompts, without calling any model or starting a job.
+#[utoipa::path(
+    post,
+    path = "/v1/flow/alignment/estimate",
+    tag = "alignment",
+    request_body = EstimateBody,
+    responses(
+        (status = 200, description = "the estimate", body = PricedEstimate),
+        (status = 400, description = "invalid request or unreadable documents", body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "a file is not found for this tenant", body = ErrorBody),
+    )
+)]
+async fn estimate(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<EstimateBody>,
+) -> ApiResult<Json<PricedEstimate>> {
+    let pricing = Pricing {
+        price_in: body.price_in,
+        price_out: body.price_out,
+        latency_secs: body.latency_secs.unwrap_or(10.0),
+        concurrency: body.llm_concurrency.unwrap_or(8),
     };
-    let job = state
+    for (name, value) in [
+        ("price_in", pricing.price_in),
+        ("price_out", pricing.price_out),
+        ("latency_secs", Some(pricing.latency_secs)),
+    ] {
+        if let Some(value) = value
+            && !(value.is_finite() && value >= 0.0)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{name} must be a number of at least 0"
+            )));
+        }
+    }
+    let files = body.job.files.clone();
+    let spec = job_spec(body.job, &state.defaults, false)?;
+    let usage = state
         .coordinator
-        .create_job(
-            GenerateRequest {
-                spec,
+        .estimate(&spec, &files, tenant(&caller))
+        .await?;
+    Ok(Json(price(usage, pricing)))
+}
+
+/// Combine `fine-tune` files (generated datasets and the caller's own data) into a new one:
+/// normalised to the dataset schema with a `source` column, exact and near duplicates removed,
+/// optionally with a stratified evaluation split (a second new file).
+#[utoipa::path(
+    post,
+    path = "/v1/flow/combine",
+    tag = "files",
+    request_body = CombineBody,
+    responses(
+        (status = 200, description = "the new files and the counts", body = CombineResponse),
+        (status = 400, description = "invalid request or unreadable data (the file and line are named)", body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "a file is not found for this tenant", body = ErrorBody),
+    )
+)]
+async fn combine(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<CombineBody>,
+) -> ApiResult<Json<CombineResponse>> {
+    let outcome = state
+        .coordinator
+        .combine_files(
+            CombineRequest {
                 files: body.files,
+                sources: body.sources,
+                name: body.name.unwrap_or_else(|| "combined".into()),
+                settings: crate::combine::CombineSettings {
+                    eval_fraction: body.eval_fraction,
+                    seed: body.seed.unwrap_or(0),
+                    near_duplicate_threshold: body
+                        .near_duplicate_threshold
+                        .unwrap_or(state.defaults.near_duplicate_threshold),
+                },
             },
             tenant(&caller),
         )
         .await?;
-    Ok(Json(AlignmentResponse::from(&job)))
+    Ok(Json(CombineResponse {
+        file: FileResponse::from(&outcome.file),
+        eval_file: outcome.eval_file.as_ref().map(FileResponse::from),
+        summary: outcome.summary,
+    }))
 }
 
 /// The caller's jobs, newest first.

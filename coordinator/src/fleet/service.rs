@@ -21,6 +21,8 @@ use worker::store::{ObjectStore, StoreError};
 
 use super::progress::RedisProgress;
 use super::records::*;
+use crate::combine;
+use crate::estimate::{UsageEstimate, estimate_shards};
 use crate::ingest;
 use crate::merge::{dataset_key, merge_job};
 use crate::plan::plan_shards;
@@ -58,6 +60,24 @@ pub enum ServiceError {
 pub struct GenerateRequest {
     pub spec: JobSpec,
     pub files: Vec<String>,
+}
+
+/// What to combine and how (`POST /v1/flow/combine`).
+pub struct CombineRequest {
+    /// Ids of `fine-tune` files, in order of precedence.
+    pub files: Vec<String>,
+    /// Source names of the first files, in order (the others: their file stems).
+    pub sources: Vec<String>,
+    /// Name of the new files (`NAME.parquet`, `NAME.eval.parquet`).
+    pub name: String,
+    pub settings: combine::CombineSettings,
+}
+
+/// The new files and what happened to the rows.
+pub struct CombineOutcome {
+    pub summary: combine::CombineSummary,
+    pub file: FileRecord,
+    pub eval_file: Option<FileRecord>,
 }
 
 pub struct Coordinator {
@@ -228,6 +248,18 @@ impl Coordinator {
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors.join("; ")));
         }
+        self.store_new_file(filename, purpose, content, tenant)
+            .await
+    }
+
+    /// Store a new file of `tenant` (its name and purpose already checked).
+    async fn store_new_file(
+        &self,
+        filename: &str,
+        purpose: &str,
+        content: Bytes,
+        tenant: Option<&str>,
+    ) -> Result<FileRecord, ServiceError> {
         let id = new_id("file");
         let record = FileRecord {
             id: id.clone(),
@@ -243,6 +275,90 @@ impl Coordinator {
         self.store.put(&record.content_key, content).await?;
         self.put_file_record(&record).await?;
         Ok(record)
+    }
+
+    /// `principia combine` on the tenant's `fine-tune` files: the combined rows become a new
+    /// `fine-tune` file `NAME.parquet` (and `NAME.eval.parquet` with an evaluation split); the
+    /// summary's `outputs` are their ids.
+    pub async fn combine_files(
+        &self,
+        request: CombineRequest,
+        tenant: Option<&str>,
+    ) -> Result<CombineOutcome, ServiceError> {
+        if request.files.is_empty() {
+            return Err(ServiceError::Invalid(
+                "files must name at least one uploaded file".into(),
+            ));
+        }
+        if request.sources.len() > request.files.len() {
+            return Err(ServiceError::Invalid(format!(
+                "{} source names for {} files",
+                request.sources.len(),
+                request.files.len()
+            )));
+        }
+        let train_name = format!("{}.parquet", request.name);
+        let eval_name = format!("{}.eval.parquet", request.name);
+        let name_errors = check_upload_name(PURPOSE_FINE_TUNE, &eval_name);
+        if !name_errors.is_empty() {
+            return Err(ServiceError::Invalid(name_errors.join("; ")));
+        }
+        let mut inputs = Vec::with_capacity(request.files.len());
+        let mut names = request.sources.into_iter();
+        for id in &request.files {
+            let (file, bytes) = self.file_content(id, tenant).await?;
+            if file.purpose != PURPOSE_FINE_TUNE {
+                return Err(ServiceError::Invalid(format!(
+                    "file {id} has purpose {:?}; combine takes files with purpose {PURPOSE_FINE_TUNE:?}",
+                    file.purpose
+                )));
+            }
+            inputs.push(combine::InputContent {
+                source: names
+                    .next()
+                    .unwrap_or_else(|| combine::stem(Path::new(&file.filename))),
+                name: file.filename,
+                bytes,
+            });
+        }
+        let settings = request.settings;
+        let (mut combined, train, eval) = tokio::task::spawn_blocking(move || {
+            let combined = combine::combine_inputs(inputs, settings)?;
+            let encode = |rows: &[combine::SourcedRecord]| {
+                combine::encode_parquet(rows).map_err(|source| combine::CombineError::Write {
+                    path: "the combined dataset".into(),
+                    source,
+                })
+            };
+            let train = encode(&combined.train)?;
+            let eval = match settings.eval_fraction {
+                Some(_) => Some(encode(&combined.eval)?),
+                None => None,
+            };
+            Ok::<_, combine::CombineError>((combined, train, eval))
+        })
+        .await
+        .map_err(|e| ServiceError::Invalid(format!("combine task: {e}")))?
+        .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let file = self
+            .store_new_file(&train_name, PURPOSE_FINE_TUNE, Bytes::from(train), tenant)
+            .await?;
+        combined.summary.outputs = vec![file.id.clone()];
+        let eval_file = match eval {
+            Some(eval) => {
+                let record = self
+                    .store_new_file(&eval_name, PURPOSE_FINE_TUNE, Bytes::from(eval), tenant)
+                    .await?;
+                combined.summary.outputs.push(record.id.clone());
+                Some(record)
+            }
+            None => None,
+        };
+        Ok(CombineOutcome {
+            summary: combined.summary,
+            file,
+            eval_file,
+        })
     }
 
     async fn put_file_record(&self, record: &FileRecord) -> Result<(), StoreError> {
@@ -604,7 +720,10 @@ impl Coordinator {
             Some(bytes) => serde_json::from_slice::<PrincipleTree>(&bytes)
                 .map_err(|e| format!("stored tree is unreadable: {e}"))?,
             None => {
-                let tree = self.ingest(&job).await?;
+                let tree = self
+                    .ingest(&job.files, job.tenant.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let json = serde_json::to_vec(&tree).expect("tree serializes");
                 self.store
                     .put(&tree_key, Bytes::from(json))
@@ -620,29 +739,67 @@ impl Coordinator {
         Ok((tree, shards))
     }
 
-    async fn ingest(&self, job: &JobRecord) -> Result<PrincipleTree, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("creating a work directory: {e}"))?;
+    /// The tenant's `alignment` files as one principle tree. A missing file is `NotFound`; a
+    /// document that cannot be read is `Invalid`, with the reader's message.
+    async fn ingest(
+        &self,
+        files: &[String],
+        tenant: Option<&str>,
+    ) -> Result<PrincipleTree, ServiceError> {
+        let invalid = ServiceError::Invalid;
+        let dir =
+            tempfile::tempdir().map_err(|e| invalid(format!("creating a work directory: {e}")))?;
         let mut paths = Vec::new();
-        for (i, file_id) in job.files.iter().enumerate() {
-            let (record, content) = self
-                .file_content(file_id, job.tenant.as_deref())
-                .await
-                .map_err(|e| e.to_string())?;
+        for (i, file_id) in files.iter().enumerate() {
+            let (record, content) = self.file_content(file_id, tenant).await?;
             // The stored name is validated at upload; prefix the index so two equal names coexist.
             let path = dir.path().join(format!("{i}-{}", record.filename));
             tokio::fs::write(&path, &content)
                 .await
-                .map_err(|e| format!("staging {}: {e}", record.filename))?;
+                .map_err(|e| invalid(format!("staging {}: {e}", record.filename)))?;
             paths.push(path);
         }
         let ingested = tokio::task::spawn_blocking(move || ingest::read_files(&paths, None))
             .await
-            .map_err(|e| format!("ingest task: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| invalid(format!("ingest task: {e}")))?
+            .map_err(|e| invalid(e.to_string()))?;
         for warning in &ingested.warnings {
-            tracing::warn!(job_id = %job.id, "{warning}");
+            tracing::warn!("{warning}");
         }
         Ok(ingested.tree)
+    }
+
+    /// `principia estimate` for a would-be job on the tenant's `alignment` files: ingest and plan
+    /// as the job would, no model called, nothing stored.
+    pub async fn estimate(
+        &self,
+        spec: &JobSpec,
+        files: &[String],
+        tenant: Option<&str>,
+    ) -> Result<UsageEstimate, ServiceError> {
+        if files.is_empty() {
+            return Err(ServiceError::Invalid(
+                "files must name at least one uploaded file".into(),
+            ));
+        }
+        for id in files {
+            let file = self.file(id, tenant).await?;
+            if file.purpose != PURPOSE_ALIGNMENT {
+                return Err(ServiceError::Invalid(format!(
+                    "file {id} has purpose {:?}; estimates take files with purpose {PURPOSE_ALIGNMENT:?}",
+                    file.purpose
+                )));
+            }
+        }
+        let tree = self.ingest(files, tenant).await?;
+        let job_id = crate::embedded::job_id(spec, &tree);
+        let shards = plan_shards(&tree, &job_id, spec);
+        if shards.is_empty() {
+            return Err(ServiceError::Invalid(
+                "the documents contain no section with text to generate from".into(),
+            ));
+        }
+        Ok(estimate_shards(spec, &shards))
     }
 
     /// Bring every running job's progress up to date; merge the ones whose shards are all done.
@@ -716,7 +873,7 @@ impl Coordinator {
                 return Ok(());
             }
         };
-        let report = report::build(ReportInput {
+        let mut report = report::build(ReportInput {
             job_id: &id,
             status: "completed",
             tree: &tree,
@@ -729,6 +886,7 @@ impl Coordinator {
             failed_shards: Vec::<FailedShard>::new(),
             wall_time_ms: now_ms().saturating_sub(job.created_at_ms),
         });
+        report.estimate = Some(estimate_shards(&job.spec, &shards));
         let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
         self.store
             .put(&report_key(&id), Bytes::from(report_json))

@@ -237,3 +237,56 @@ pub struct ErrorDetail {
     pub message: String,
     pub status: u16,
 }
+
+/// `POST /v1/flow/combine`: generated datasets and the user's own data, merged (Principia).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CombineBody {
+    /// Ids of uploaded files with purpose `fine-tune` (`.parquet` or `.jsonl`), in order of
+    /// precedence: a duplicate of an earlier file's row is removed.
+    pub files: Vec<String>,
+    /// Source names of the files, in order (default: each file's name without its extension).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Share of rows held out for evaluation, stratified by section (0 < F < 1).
+    #[serde(default)]
+    pub eval_fraction: Option<f64>,
+    /// Seed of the evaluation split (0).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Word-set similarity (0.5–1) from which a question is a near duplicate (0.8).
+    #[serde(default)]
+    pub near_duplicate_threshold: Option<f64>,
+    /// Name of the new files: `NAME.parquet` and `NAME.eval.parquet` (`combined`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The combined dataset as new `fine-tune` files, and the counts behind it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CombineResponse {
+    /// The combined (training) rows: the dataset schema plus `source`.
+    pub file: FileResponse,
+    /// The evaluation rows, when a split was asked for.
+    pub eval_file: Option<FileResponse>,
+    pub summary: crate::combine::CombineSummary,
+}
+
+/// `POST /v1/flow/alignment/estimate`: a generate request, and what to price and time it at
+/// (Principia).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct EstimateBody {
+    #[serde(flatten)]
+    pub job: GenerateRequest,
+    /// Price of a million prompt tokens.
+    #[serde(default)]
+    pub price_in: Option<f64>,
+    /// Price of a million completion tokens.
+    #[serde(default)]
+    pub price_out: Option<f64>,
+    /// Mean seconds one LLM call takes (10).
+    #[serde(default)]
+    pub latency_secs: Option<f64>,
+    /// LLM calls in flight at once (8).
+    #[serde(default)]
+    pub llm_concurrency: Option<usize>,
+}

@@ -39,7 +39,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extractive::{QuestionType, check_answer, check_question};
-use super::plan::plan_section;
+use super::plan::{SectionPlan, plan_section};
 use super::{GenerateError, GeneratedItem, Generator, Quote, ShardGeneration, locate_quote};
 use crate::dedup::NearDuplicates;
 use crate::llm::{ChatMessage, ChatRequest, JsonSchemaFormat, LlmClient, LlmError};
@@ -223,20 +223,7 @@ impl OpenAiGenerator {
             number: number.to_string(),
             section,
         };
-        let prompt = render(
-            GENERATE_TEMPLATE,
-            &[
-                (
-                    "min_items",
-                    &spec.min_items_per_section.clamp(1, plan.target).to_string(),
-                ),
-                ("target_items", &plan.target.to_string()),
-                ("section_number", &target.number),
-                ("citation", &section.citation),
-                ("section_path", &section.section_path.join(" > ")),
-                ("plan", &plan.render()),
-            ],
-        );
+        let prompt = generation_prompt(spec, &plan, &target.number, section);
         let (model, _) = self.models(spec);
         let mut request = ChatRequest::new(
             model,
@@ -600,6 +587,103 @@ fn normalise_type(question_type: &str) -> String {
         None if EXTRA_TYPES.contains(&t.as_str()) => t,
         None => OTHER_TYPE.to_string(),
     }
+}
+
+/// Bytes of one item in a generation reply (question, answer, evidence quote and type as JSON).
+/// Measured on replies of the size the generation prompt asks for; see BENCHMARKS.md.
+pub const ESTIMATED_ITEM_REPLY_BYTES: usize = 460;
+/// Bytes of one candidate in the judge prompt's pretty-printed `<candidates>` block.
+pub const ESTIMATED_CANDIDATE_PROMPT_BYTES: usize = 560;
+/// Bytes of one verdict in a judge reply (index, five scores, verdict, fixable, reason).
+pub const ESTIMATED_VERDICT_REPLY_BYTES: usize = 200;
+/// Bytes of a reply's envelope (`{"items": []}`, `{"verdicts": []}`).
+const ESTIMATED_REPLY_ENVELOPE_BYTES: usize = 16;
+
+/// What the generator is expected to spend on a shard, without calling a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardEstimate {
+    /// Sections the plan gives at least one item.
+    pub sections: u64,
+    /// Items the plan asks for.
+    pub planned_items: u64,
+    /// LLM calls: one generation and one judge call per planned section.
+    pub calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// The expected calls and tokens of [`OpenAiGenerator::generate`] on `shard`, computed without a
+/// model.
+///
+/// Per section with a planned target, the generation call's two messages are rendered exactly as
+/// the generator sends them (the shard's context, then the section's task with its plan). The
+/// judge call's prompt is the same context plus the judge template, with the candidates block
+/// modelled as `target` × [`ESTIMATED_CANDIDATE_PROMPT_BYTES`]; completions are `target` ×
+/// [`ESTIMATED_ITEM_REPLY_BYTES`] (generation) and `target` × [`ESTIMATED_VERDICT_REPLY_BYTES`]
+/// (judge). Tokens are the bytes of a call's messages over 4, rounded up: the rule of
+/// [`proto::shard::approx_tokens`], which the LLM client falls back to when a server reports no
+/// usage (real tokenizers differ by model; see BENCHMARKS.md).
+///
+/// The estimate assumes the judge accepts every candidate and no reply needs a repair: a refine
+/// round adds two calls to a section, a repair one.
+pub fn estimate_shard(shard: &ShardMessage) -> ShardEstimate {
+    let context = render_context(shard);
+    let spec = &shard.spec;
+    let mut estimate = ShardEstimate::default();
+    for (i, section) in shard.sections.iter().enumerate() {
+        let plan = plan_section(
+            section,
+            spec.min_items_per_section,
+            spec.max_items_per_section,
+        );
+        if plan.target == 0 {
+            continue;
+        }
+        let number = (i + 1).to_string();
+        let target = plan.target as usize;
+        let generation = generation_prompt(spec, &plan, &number, section);
+        let judge = render(
+            JUDGE_TEMPLATE,
+            &[
+                ("section_number", &number),
+                ("citation", &section.citation),
+                ("candidates", ""),
+            ],
+        );
+        let tokens = |bytes: usize| bytes.div_ceil(4) as u64;
+        estimate.sections += 1;
+        estimate.planned_items += u64::from(plan.target);
+        estimate.calls += 2;
+        estimate.prompt_tokens += tokens(context.len() + generation.len())
+            + tokens(context.len() + judge.len() + target * ESTIMATED_CANDIDATE_PROMPT_BYTES);
+        estimate.completion_tokens +=
+            tokens(ESTIMATED_REPLY_ENVELOPE_BYTES + target * ESTIMATED_ITEM_REPLY_BYTES)
+                + tokens(ESTIMATED_REPLY_ENVELOPE_BYTES + target * ESTIMATED_VERDICT_REPLY_BYTES);
+    }
+    estimate
+}
+
+/// The generation task of one section (the second message of its generation call).
+fn generation_prompt(
+    spec: &JobSpec,
+    plan: &SectionPlan,
+    number: &str,
+    section: &ShardSection,
+) -> String {
+    render(
+        GENERATE_TEMPLATE,
+        &[
+            (
+                "min_items",
+                &spec.min_items_per_section.clamp(1, plan.target).to_string(),
+            ),
+            ("target_items", &plan.target.to_string()),
+            ("section_number", number),
+            ("citation", &section.citation),
+            ("section_path", &section.section_path.join(" > ")),
+            ("plan", &plan.render()),
+        ],
+    )
 }
 
 /// `{{placeholder}}` substitution in one pass: substituted text is never expanded again.
@@ -988,6 +1072,45 @@ mod tests {
                 .unwrap_err()
                 .contains("more than once")
         );
+    }
+
+    #[test]
+    fn the_estimate_counts_two_calls_per_planned_section_and_the_context_in_each() {
+        let section = |id: &str, text: &str| ShardSection {
+            node_id: id.into(),
+            citation: format!("Policy § {id}"),
+            section_path: vec!["Policy".into(), id.into()],
+            text: text.into(),
+        };
+        let mut spec = JobSpec::extractive("I want a lending assistant");
+        spec.generator.kind = proto::GeneratorKind::Openai;
+        let sections = vec![
+            section(
+                "1",
+                "A lender shall send the disclosure within 3 business days.",
+            ),
+            section(
+                "2",
+                "A borrower may cancel the loan within 30 days of signing.",
+            ),
+        ];
+        let shard = ShardMessage::new("al-x".into(), spec.clone(), sections.clone());
+        let estimate = estimate_shard(&shard);
+        assert_eq!(estimate.sections, 2);
+        assert_eq!(estimate.calls, 4);
+        let context = render_context(&shard).len() as u64;
+        assert!(estimate.prompt_tokens > 4 * context / 4, "{estimate:?}");
+        assert_eq!(
+            estimate.completion_tokens,
+            estimate.planned_items
+                * (ESTIMATED_ITEM_REPLY_BYTES + ESTIMATED_VERDICT_REPLY_BYTES) as u64
+                / 4
+                + 8 * estimate.sections,
+            "{estimate:?}"
+        );
+        spec.max_items_per_section = 0;
+        let nothing = ShardMessage::new("al-x".into(), spec, sections);
+        assert_eq!(estimate_shard(&nothing), ShardEstimate::default());
     }
 
     #[test]
