@@ -764,6 +764,8 @@ fn concrete(path: &str) -> String {
         "al-0"
     };
     path.replace("{id}", id)
+        .replace("{node_id}", "0000000000000000")
+        .replace("{record_id}", "rec-0")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -811,6 +813,14 @@ async fn the_openapi_document_describes_every_route_and_every_described_route_is
         ("GET", "/v1/flow/alignment/{id}/outputs"),
         ("POST", "/v1/flow/alignment/{id}/cancel"),
         ("GET", "/v1/flow/alignment/{id}/report"),
+        ("GET", "/v1/flow/alignment/{id}/review/tree"),
+        ("GET", "/v1/flow/alignment/{id}/review/sections/{node_id}"),
+        ("PUT", "/v1/flow/alignment/{id}/review/sections/{node_id}"),
+        ("GET", "/v1/flow/alignment/{id}/review/items/{record_id}"),
+        ("PUT", "/v1/flow/alignment/{id}/review/items/{record_id}"),
+        ("PATCH", "/v1/flow/alignment/{id}/review/items/{record_id}"),
+        ("POST", "/v1/flow/alignment/{id}/review/regenerate"),
+        ("GET", "/v1/flow/alignment/{id}/review/export"),
         ("GET", "/metrics"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
