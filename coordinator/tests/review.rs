@@ -44,7 +44,13 @@ fn review_columns(bytes: Bytes) -> HashMap<String, (String, Option<String>, bool
     let mut columns = HashMap::new();
     for batch in reader {
         let batch: RecordBatch = batch.unwrap();
-        let text = |name: &str| batch.column_by_name(name).unwrap().as_string::<i32>().clone();
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .clone()
+        };
         let ids = text("record_id");
         let status = text("review_status");
         let reason = text("review_reason");
@@ -82,7 +88,11 @@ async fn review_edit_regenerate_and_export_round_trip() {
     assert_eq!(done["status"], "completed", "{done:#}");
     let shards = done["principia"]["shards_total"].as_u64().unwrap();
     assert!(shards > 2, "{done:#}");
-    assert_eq!(server.shards_generated(), shards, "every shard generated once");
+    assert_eq!(
+        server.shards_generated(),
+        shards,
+        "every shard generated once"
+    );
     let records = dataset(&server, &key, &job).await;
     let review = format!("/v1/flow/alignment/{job}/review");
 
@@ -173,7 +183,10 @@ async fn review_edit_regenerate_and_export_round_trip() {
         .ok(&format!("{review}/sections/{x}?limit=1&offset=1"), &key)
         .await;
     assert_eq!(one["items"].as_array().unwrap().len(), 1);
-    assert_eq!(one["items"][0]["record_id"], section["items"][1]["record_id"]);
+    assert_eq!(
+        one["items"][0]["record_id"],
+        section["items"][1]["record_id"]
+    );
     assert_eq!(one["total"], section["total"]);
 
     // Decisions. A rejection needs a reason; PUT needs a status; text must not be empty.
@@ -190,7 +203,12 @@ async fn review_edit_regenerate_and_export_round_trip() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("reason"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reason")
+    );
     let (status, _) = send(Method::PUT, item(&y2.record_id), json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = send(
@@ -346,7 +364,11 @@ async fn review_edit_regenerate_and_export_round_trip() {
     );
     let pending = records
         .iter()
-        .find(|r| ![&x1, &y1, &y2, &z1].iter().any(|s| s.record_id == r.record_id))
+        .find(|r| {
+            ![&x1, &y1, &y2, &z1]
+                .iter()
+                .any(|s| s.record_id == r.record_id)
+        })
         .unwrap();
     assert_eq!(
         columns[&pending.record_id],
@@ -431,12 +453,14 @@ async fn review_edit_regenerate_and_export_round_trip() {
     );
     let (status, _) = server.get(&format!("{review}/sections/{x}"), &key).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "the old id is gone");
-    let before = server
-        .ok(&format!("{review}/sections/{new_x}"), &key)
-        .await;
+    let before = server.ok(&format!("{review}/sections/{new_x}"), &key).await;
     assert_eq!(before["text"], new_text.as_str());
     assert_eq!(before["node"]["text_changed"], true);
-    assert_eq!(before["total"], by_node[x].len(), "its items follow by path");
+    assert_eq!(
+        before["total"],
+        by_node[x].len(),
+        "its items follow by path"
+    );
     assert!(
         before["items"]
             .as_array()
@@ -511,7 +535,11 @@ async fn review_edit_regenerate_and_export_round_trip() {
         .ok(&format!("{review}/sections/{new_x}?limit=500"), &key)
         .await;
     let x_items = x_after["items"].as_array().unwrap();
-    assert!(x_items.iter().any(|i| i["record_id"] == x1.record_id.as_str()));
+    assert!(
+        x_items
+            .iter()
+            .any(|i| i["record_id"] == x1.record_id.as_str())
+    );
     assert!(
         x_items.iter().any(|i| i["stale"] == false),
         "new items from the new text: {x_after:#}"
@@ -532,7 +560,12 @@ async fn review_edit_regenerate_and_export_round_trip() {
     // Another tenant sees none of it; no key, no answer.
     for (method, path) in review_routes(&review, &new_x, &x1.record_id) {
         let (status, body) = server
-            .call(method.clone(), &path, Some(&other), Some(json!({"status": "approved", "text": "x"})))
+            .call(
+                method.clone(),
+                &path,
+                Some(&other),
+                Some(json!({"status": "approved", "text": "x"})),
+            )
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
         let (status, _) = server.call(method.clone(), &path, None, None).await;
@@ -602,7 +635,12 @@ async fn a_job_without_a_dataset_has_nothing_to_review_yet() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("running"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("running")
+    );
     let (status, _) = server
         .get("/v1/flow/alignment/al-0/review/tree", &key)
         .await;
@@ -756,11 +794,18 @@ async fn ten_thousand_items_are_served_a_page_at_a_time_and_fast() {
     let part = parts["nodes"][3]["node_id"].as_str().unwrap().to_string();
     let (_, body) = timed(format!("{review}/tree?parent={part}")).await;
     let sections: Value = serde_json::from_slice(&body).unwrap();
-    let section = sections["nodes"][7]["node_id"].as_str().unwrap().to_string();
+    let section = sections["nodes"][7]["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(sections["nodes"][7]["own"]["items"], 50);
     let (elapsed, body) = timed(format!("{review}/sections/{section}?limit=20&offset=20")).await;
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
-    assert!(body.len() < 100_000, "a page, not everything: {} bytes", body.len());
+    assert!(
+        body.len() < 100_000,
+        "a page, not everything: {} bytes",
+        body.len()
+    );
     let page: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(page["total"], 50);
     assert_eq!(page["items"].as_array().unwrap().len(), 20);

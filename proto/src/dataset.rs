@@ -487,7 +487,11 @@ fn review_fields() -> Vec<Field> {
 /// The schema of a reviewed export: the dataset's columns, then `review_status`,
 /// `review_reason`, `human_edited` and `reviewed_at`.
 pub fn reviewed_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.extend(review_fields());
     Arc::new(Schema::new(fields))
 }
@@ -518,7 +522,10 @@ pub fn encode_reviewed_parquet(
         let mut columns = base.columns().to_vec();
         columns.push(strings(states.iter().map(|r| r.status.as_str())));
         columns.push(Arc::new(StringArray::from(
-            states.iter().map(|r| r.reason.as_deref()).collect::<Vec<_>>(),
+            states
+                .iter()
+                .map(|r| r.reason.as_deref())
+                .collect::<Vec<_>>(),
         )));
         columns.push(Arc::new(BooleanArray::from(
             states.iter().map(|r| r.human_edited).collect::<Vec<_>>(),
@@ -586,9 +593,8 @@ pub fn check_fine_tune_parquet(bytes: Bytes) -> Result<u64, String> {
     let schema = builder.schema().clone();
     let mut errors = Vec::new();
     match schema.field_with_name("messages") {
-        Err(_) => errors.push(
-            "no `messages` column (list<struct<role: string, content: string>>)".to_string(),
-        ),
+        Err(_) => errors
+            .push("no `messages` column (list<struct<role: string, content: string>>)".to_string()),
         Ok(field) => {
             let fine = list_item(field.data_type()).is_some_and(|item| match item {
                 DataType::Struct(fields) => ["role", "content"].iter().all(|name| {
@@ -665,7 +671,9 @@ pub fn check_fine_tune_parquet(bytes: Bytes) -> Result<u64, String> {
                         Some("user" | "assistant" | "system") => {}
                         other => note(
                             &mut row_errors,
-                            format!("row {row}: message role {other:?} is not system, user or assistant"),
+                            format!(
+                                "row {row}: message role {other:?} is not system, user or assistant"
+                            ),
                         ),
                     }
                 }
@@ -673,7 +681,9 @@ pub fn check_fine_tune_parquet(bytes: Bytes) -> Result<u64, String> {
             if !(has_user && has_assistant) {
                 note(
                     &mut row_errors,
-                    format!("row {row}: `messages` needs a user and an assistant message with text"),
+                    format!(
+                        "row {row}: `messages` needs a user and an assistant message with text"
+                    ),
                 );
             }
             if let Some(status) = status {

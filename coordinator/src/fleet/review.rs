@@ -476,11 +476,10 @@ impl Coordinator {
 
     async fn stored_tree(&self, id: &str, version: u32) -> Result<PrincipleTree, ServiceError> {
         let key = job_tree_version_key(id, version);
-        let bytes = self
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("tree version {version} of job {id}")))?;
+        let bytes =
+            self.store.get(&key).await?.ok_or_else(|| {
+                ServiceError::NotFound(format!("tree version {version} of job {id}"))
+            })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ServiceError::Invalid(format!("tree {key} is unreadable: {e}")))
     }
@@ -543,7 +542,11 @@ impl Coordinator {
     }
 
     /// The tenant's job with a dataset to review.
-    async fn review_context(&self, id: &str, tenant: Option<&str>) -> Result<Context, ServiceError> {
+    async fn review_context(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+    ) -> Result<Context, ServiceError> {
         let job = self.job(id, tenant)?;
         let Some(file) = &job.output_file else {
             return Err(ServiceError::Conflict(format!(
@@ -691,11 +694,19 @@ impl Coordinator {
         })
     }
 
-    fn item_view(record: &Record, review: Option<&ReviewRecord>, text: Option<(&str, &str)>) -> ReviewItem {
+    fn item_view(
+        record: &Record,
+        review: Option<&ReviewRecord>,
+        text: Option<(&str, &str)>,
+    ) -> ReviewItem {
         let (question, answer) = match review {
             Some(r) => (
-                r.edited_question.clone().unwrap_or_else(|| record.question.clone()),
-                r.edited_answer.clone().unwrap_or_else(|| record.answer.clone()),
+                r.edited_question
+                    .clone()
+                    .unwrap_or_else(|| record.question.clone()),
+                r.edited_answer
+                    .clone()
+                    .unwrap_or_else(|| record.answer.clone()),
             ),
             None => (record.question.clone(), record.answer.clone()),
         };
@@ -1130,13 +1141,13 @@ impl Coordinator {
                 }
                 Ok(Bytes::from(out))
             }
-            ExportFormat::Parquet => tokio::task::spawn_blocking(move || {
-                encode_reviewed_parquet(&records, &states)
-            })
-            .await
-            .map_err(|e| ServiceError::Invalid(format!("encoding the export: {e}")))?
-            .map(Bytes::from)
-            .map_err(|e| ServiceError::Invalid(format!("encoding the export: {e}"))),
+            ExportFormat::Parquet => {
+                tokio::task::spawn_blocking(move || encode_reviewed_parquet(&records, &states))
+                    .await
+                    .map_err(|e| ServiceError::Invalid(format!("encoding the export: {e}")))?
+                    .map(Bytes::from)
+                    .map_err(|e| ServiceError::Invalid(format!("encoding the export: {e}")))
+            }
         }
     }
 

@@ -276,10 +276,7 @@ async fn regenerate(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RegenerateResponse>> {
-    let response = state
-        .coordinator
-        .regenerate(&id, tenant(&caller))
-        .await?;
+    let response = state.coordinator.regenerate(&id, tenant(&caller)).await?;
     Ok(Json(response))
 }
 

@@ -804,8 +804,7 @@ impl Coordinator {
             Vec::new()
         };
         let input = MergeInput { version, carried };
-        let merged = match merge_job(self.store.as_ref(), &id, &shard_ids, threshold, input).await
-        {
+        let merged = match merge_job(self.store.as_ref(), &id, &shard_ids, threshold, input).await {
             Ok(merged) => merged,
             Err(error) => {
                 self.fail(&id, format!("merging the parts failed: {error}"))

@@ -156,6 +156,7 @@
       text: node.label,
     });
     row.append(toggle, label, counts(node.subtree));
+    row.dataset.node = node.node_id;
     if (gap) row.append(el("span", { class: "badge gap", title: "this section has no items", text: "no items" }));
     else if (node.sections_without_items) row.append(el("span", { class: "badge gap", title: "sections without items below", text: node.sections_without_items + " empty" }));
     if (node.text_changed) row.append(el("span", { class: "badge changed", title: "text edited since generation", text: "edited" }));
@@ -243,7 +244,9 @@
       state.selected = -1;
       markLabel(nodeId);
       $("section-heading").textContent = data.node.label;
-      $("section-path").textContent = data.path.join(" › ") + (data.node.citation ? " — " + data.node.citation : "");
+      // The citation, unless it is only the heading path again.
+      const cite = data.node.citation && !data.node.citation.includes(" > ") ? " — " + data.node.citation : "";
+      $("section-path").textContent = data.path.join(" › ") + cite;
       $("edit-text").disabled = false;
       $("text-form").hidden = true;
       renderText(null);
@@ -366,15 +369,33 @@
     }
   }
 
+  // Fresh counts for the summary and for every tree row on the page (one request per open level).
   async function refreshCounts() {
     try {
       const page = await api(base + "/tree?limit=1");
       state.treeVersion = page.tree_version;
       state.generatedVersion = page.generated_version;
       state.jobStatus = page.status;
-      if (page.nodes[0]) summarize(page.nodes[0]);
+      if (page.nodes[0]) {
+        summarize(page.nodes[0]);
+        updateRow(page.nodes[0]);
+      }
+      const open = Array.from(document.querySelectorAll("#tree li[data-node] > ul[data-loaded]"));
+      for (const ul of open) {
+        const parent = ul.parentElement.dataset.node;
+        const children = await api(base + "/tree?" + new URLSearchParams({ parent, limit: "500" }));
+        children.nodes.forEach(updateRow);
+      }
     } catch (error) {
       fail(error);
+    }
+  }
+
+  function updateRow(node) {
+    for (const row of document.querySelectorAll("#tree .node")) {
+      if (row.dataset.node !== node.node_id) continue;
+      const old = row.querySelector(".badges");
+      if (old) old.replaceWith(counts(node.subtree));
     }
   }
 
