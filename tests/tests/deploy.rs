@@ -805,7 +805,8 @@ fn full_values() -> Value {
                "prefix": "principia/", "existingSecret": "s3-keys"},
         "llm": {"url": "http://vllm:8000/v1", "model": "qwen", "judgeModel": "qwen-large",
                 "existingSecret": "llm-key", "concurrency": 16, "timeoutSecs": 300,
-                "maxRetries": 3, "requestsPerMinute": 600, "tokensPerMinute": 200000},
+                "maxRetries": 3, "requestsPerMinute": 600, "tokensPerMinute": 200000,
+                "noCache": true},
         "logFormat": "text",
         "rustLog": "debug",
         "coordinator": {

@@ -138,7 +138,7 @@
 
   function nodeRow(node) {
     const gap = node.has_text && node.own.items === 0;
-    const li = el("li", { role: "treeitem", "data-node": node.node_id });
+    const li = el("li", { "data-node": node.node_id });
     const row = el("div", { class: "node" + (gap ? " gap" : "") });
     const toggle = el("button", {
       type: "button",
@@ -161,7 +161,7 @@
     else if (node.sections_without_items) row.append(el("span", { class: "badge gap", title: "sections without items below", text: node.sections_without_items + " empty" }));
     if (node.text_changed) row.append(el("span", { class: "badge changed", title: "text edited since generation", text: "edited" }));
     li.append(row);
-    const children = el("ul", { role: "group", hidden: true });
+    const children = el("ul", { hidden: true, "aria-label": "Inside " + node.label });
     li.append(children);
     toggle.addEventListener("click", async () => {
       if (!node.children) return;
