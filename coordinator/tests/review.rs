@@ -842,3 +842,61 @@ async fn ten_thousand_items_are_served_a_page_at_a_time_and_fast() {
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert_eq!(body.iter().filter(|b| **b == b'\n').count(), 10_000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_review_pages_are_served_without_a_key_escaped_and_locked_down() {
+    let server = Server::start(false).await;
+    let _key = server.key("acme").await; // keys exist: the API needs one, the pages do not
+    let get = |path: &str| server.request(Method::GET, path, None).send();
+
+    let page = get("/review/al-0123abcd").await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let headers = page.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("data-job=\"al-0123abcd\""));
+    assert!(html.contains("<script src=\"/review/assets/review.js\"></script>"));
+    assert!(!html.contains("{{"), "every placeholder filled");
+
+    let list = get("/review").await.unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    assert!(list.text().await.unwrap().contains("id=\"jobs\""));
+
+    // A malformed id is not echoed as markup.
+    let bad = get("/review/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::NOT_FOUND);
+    let html = bad.text().await.unwrap();
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+
+    for (path, kind) in [
+        ("/review/assets/review.js", "text/javascript"),
+        ("/review/assets/review.css", "text/css"),
+    ] {
+        let asset = get(path).await.unwrap();
+        assert_eq!(asset.status(), StatusCode::OK);
+        assert!(
+            asset.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
+    }
+    // The data behind the page still needs a key.
+    let (status, _) = server
+        .call(
+            Method::GET,
+            "/v1/flow/alignment/al-0123abcd/review/tree",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
