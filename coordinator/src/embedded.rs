@@ -23,7 +23,7 @@ use worker::store::{LocalStore, ObjectStore, StoreError};
 
 use crate::estimate::estimate_shards;
 use crate::ingest::{self, Format, IngestError};
-use crate::merge::{MergeError, merge_job};
+use crate::merge::{MergeError, MergeInput, merge_job};
 use crate::plan::plan_shards;
 use crate::progress::Progress;
 use crate::report::{self, FailedShard, JobReport, ReportInput};
@@ -210,6 +210,10 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
         &job_id,
         &shard_ids,
         spec.near_duplicate_threshold,
+        MergeInput {
+            version: 1,
+            carried: Vec::new(),
+        },
     )
     .await?;
     let dataset = options.out_dir.join("dataset.parquet");

@@ -14,11 +14,29 @@ use worker::process::{SHARD_REPORT_KEY, part_key};
 use worker::store::{ObjectStore, StoreError};
 
 pub fn dataset_key(job_id: &str) -> String {
-    format!("jobs/{job_id}/dataset.parquet")
+    dataset_version_key(job_id, 1)
 }
 
 pub fn manifest_key(job_id: &str) -> String {
-    format!("jobs/{job_id}/manifest.json")
+    manifest_version_key(job_id, 1)
+}
+
+/// The dataset of the job's tree `version` (1: the first generation; later: regenerations after
+/// section edits in review).
+pub fn dataset_version_key(job_id: &str, version: u32) -> String {
+    if version <= 1 {
+        format!("jobs/{job_id}/dataset.parquet")
+    } else {
+        format!("jobs/{job_id}/dataset.v{version}.parquet")
+    }
+}
+
+pub fn manifest_version_key(job_id: &str, version: u32) -> String {
+    if version <= 1 {
+        format!("jobs/{job_id}/manifest.json")
+    } else {
+        format!("jobs/{job_id}/manifest.v{version}.json")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,20 +86,34 @@ pub struct Merged {
     pub dataset: Bytes,
 }
 
+/// What a merge writes: the tree version it is for, and items kept from earlier versions.
+#[derive(Debug, Clone, Default)]
+pub struct MergeInput {
+    /// The tree version merged (1 for a first generation).
+    pub version: u32,
+    /// Items of an earlier version kept whatever the parts hold (human-edited items of shards
+    /// that were regenerated): they come first, so a regenerated near duplicate of one is dropped.
+    pub carried: Vec<Record>,
+}
+
 /// Read every part of the job (in the order given), drop near duplicates across shards (word-set
 /// similarity from `near_duplicate_threshold`, the first kept), write the dataset and the
-/// manifest.
+/// manifest of `input.version`.
 pub async fn merge_job(
     store: &dyn ObjectStore,
     job_id: &str,
     shard_ids: &[String],
     near_duplicate_threshold: f64,
+    input: MergeInput,
 ) -> Result<Merged, MergeError> {
     let mut records = Vec::new();
     let mut shard_reports = Vec::with_capacity(shard_ids.len());
     let mut parts = Vec::with_capacity(shard_ids.len());
     let mut seen = NearDuplicates::new(near_duplicate_threshold);
     let mut duplicates = 0;
+    for record in &input.carried {
+        seen.admit(&record.question, &record.answer);
+    }
     for shard_id in shard_ids {
         let key = part_key(job_id, shard_id);
         let bytes = store
@@ -114,7 +146,8 @@ pub async fn merge_job(
         }
     }
 
-    let dataset_key = dataset_key(job_id);
+    records.extend(input.carried);
+    let dataset_key = dataset_version_key(job_id, input.version.max(1));
     let encoded = Bytes::from(encode_parquet(&records, &[])?);
     store.put_if_absent(&dataset_key, encoded).await?;
     // Whoever wrote first, the stored file is the dataset.
@@ -131,7 +164,10 @@ pub async fn merge_job(
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     store
-        .put_if_absent(&manifest_key(job_id), Bytes::from(manifest_json))
+        .put_if_absent(
+            &manifest_version_key(job_id, input.version.max(1)),
+            Bytes::from(manifest_json),
+        )
         .await?;
     Ok(Merged {
         records,

@@ -965,6 +965,8 @@ fn concrete(path: &str) -> String {
         "al-0"
     };
     path.replace("{id}", id)
+        .replace("{node_id}", "0000000000000000")
+        .replace("{record_id}", "rec-0")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1014,6 +1016,14 @@ async fn the_openapi_document_describes_every_route_and_every_described_route_is
         ("GET", "/v1/flow/alignment/{id}/report"),
         ("POST", "/v1/flow/combine"),
         ("POST", "/v1/flow/alignment/estimate"),
+        ("GET", "/v1/flow/alignment/{id}/review/tree"),
+        ("GET", "/v1/flow/alignment/{id}/review/sections/{node_id}"),
+        ("PUT", "/v1/flow/alignment/{id}/review/sections/{node_id}"),
+        ("GET", "/v1/flow/alignment/{id}/review/items/{record_id}"),
+        ("PUT", "/v1/flow/alignment/{id}/review/items/{record_id}"),
+        ("PATCH", "/v1/flow/alignment/{id}/review/items/{record_id}"),
+        ("POST", "/v1/flow/alignment/{id}/review/regenerate"),
+        ("GET", "/v1/flow/alignment/{id}/review/export"),
         ("GET", "/metrics"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

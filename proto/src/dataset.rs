@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt64Type};
 use arrow_array::{
-    Array, ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, StructArray,
+    Array, ArrayRef, BooleanArray, Float64Array, ListArray, RecordBatch, StringArray, StructArray,
     TimestampMillisecondArray, UInt64Array,
 };
 use arrow_buffer::OffsetBuffer;
@@ -504,6 +504,271 @@ pub fn decode_parquet(
     Ok((records, metadata))
 }
 
+/// Metadata key marking a reviewed export (value `1`).
+pub const REVIEWED_KEY: &str = "principia.reviewed";
+
+/// Review statuses a reviewed export may carry.
+pub const REVIEW_STATUSES: &[&str] = &["approved", "pending", "rejected"];
+
+/// The review state of one row of a reviewed export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewColumns {
+    /// `approved`, `pending` or `rejected`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub human_edited: bool,
+    /// Milliseconds since the Unix epoch of the last review, if any.
+    pub reviewed_at: Option<i64>,
+}
+
+fn review_fields() -> Vec<Field> {
+    vec![
+        Field::new("review_status", DataType::Utf8, false),
+        Field::new("review_reason", DataType::Utf8, true),
+        Field::new("human_edited", DataType::Boolean, false),
+        Field::new(
+            "reviewed_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+    ]
+}
+
+/// The schema of a reviewed export: the dataset's columns, then `review_status`,
+/// `review_reason`, `human_edited` and `reviewed_at`.
+pub fn reviewed_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend(review_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// Encode records with their review state (`reviews[i]` belongs to `records[i]`) as one Parquet
+/// file (zstd) in [`reviewed_schema`].
+pub fn encode_reviewed_parquet(
+    records: &[Record],
+    reviews: &[ReviewColumns],
+) -> Result<Vec<u8>, DatasetError> {
+    assert_eq!(records.len(), reviews.len(), "one review state per record");
+    let kv = vec![
+        KeyValue::new(
+            SCHEMA_VERSION_KEY.to_string(),
+            DATASET_SCHEMA_VERSION.to_string(),
+        ),
+        KeyValue::new(REVIEWED_KEY.to_string(), "1".to_string()),
+    ];
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(kv))
+        .build();
+    let schema = reviewed_schema();
+    let mut buffer = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema.clone(), Some(props))?;
+    for (chunk, states) in records.chunks(8192).zip(reviews.chunks(8192)) {
+        let base = to_batch(chunk)?;
+        let mut columns = base.columns().to_vec();
+        columns.push(strings(states.iter().map(|r| r.status.as_str())));
+        columns.push(Arc::new(StringArray::from(
+            states
+                .iter()
+                .map(|r| r.reason.as_deref())
+                .collect::<Vec<_>>(),
+        )));
+        columns.push(Arc::new(BooleanArray::from(
+            states.iter().map(|r| r.human_edited).collect::<Vec<_>>(),
+        )));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(
+                states.iter().map(|r| r.reviewed_at).collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ));
+        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+    }
+    writer.close()?;
+    Ok(buffer)
+}
+
+/// A string of a `Utf8`, `LargeUtf8` or `Utf8View` array (`None` when null or not a string).
+fn any_string(array: &dyn Array, row: usize) -> Option<&str> {
+    if array.is_null(row) {
+        return None;
+    }
+    if let Some(a) = array.as_string_opt::<i32>() {
+        return Some(a.value(row));
+    }
+    if let Some(a) = array.as_string_opt::<i64>() {
+        return Some(a.value(row));
+    }
+    array.as_string_view_opt().map(|a| a.value(row))
+}
+
+fn is_string(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
+/// The item type of a list column (`List`, `LargeList` or `ListView`).
+fn list_item(data_type: &DataType) -> Option<&DataType> {
+    match data_type {
+        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) => Some(f.data_type()),
+        _ => None,
+    }
+}
+
+/// One row's entries of a list column, whichever offset width it uses.
+fn list_value(array: &dyn Array, row: usize) -> Option<ArrayRef> {
+    if array.is_null(row) {
+        return None;
+    }
+    if let Some(a) = array.as_list_opt::<i32>() {
+        return Some(a.value(row));
+    }
+    array.as_list_opt::<i64>().map(|a| a.value(row))
+}
+
+/// Check that a Parquet file can be a `fine-tune` dataset: a `messages` column of
+/// `list<struct<role: string, content: string>>` whose every row holds a `user` and an
+/// `assistant` message with text, Principia's other columns (if present) of their types, review
+/// columns (if present) with known values; at least one row. Returns the number of rows, or every
+/// problem found (a few per kind), `; `-separated.
+pub fn check_fine_tune_parquet(bytes: Bytes) -> Result<u64, String> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| format!("not a readable Parquet file: {e}"))?;
+    let schema = builder.schema().clone();
+    let mut errors = Vec::new();
+    match schema.field_with_name("messages") {
+        Err(_) => errors
+            .push("no `messages` column (list<struct<role: string, content: string>>)".to_string()),
+        Ok(field) => {
+            let fine = list_item(field.data_type()).is_some_and(|item| match item {
+                DataType::Struct(fields) => ["role", "content"].iter().all(|name| {
+                    fields
+                        .iter()
+                        .any(|f| f.name() == name && is_string(f.data_type()))
+                }),
+                _ => false,
+            });
+            if !fine {
+                errors.push(format!(
+                    "column `messages` is {}, not list<struct<role: string, content: string>>",
+                    field.data_type()
+                ));
+            }
+        }
+    }
+    // Principia's own columns, where present, keep their types.
+    let expected = schema_fields_by_name();
+    for field in schema.fields() {
+        let Some(wanted) = expected.iter().find(|f| f.name() == field.name()) else {
+            continue;
+        };
+        let matches = match wanted.data_type() {
+            DataType::Utf8 => is_string(field.data_type()),
+            DataType::List(item) if is_string(item.data_type()) => {
+                list_item(field.data_type()).is_some_and(is_string)
+            }
+            DataType::List(_) => list_item(field.data_type()).is_some(),
+            DataType::Boolean => field.data_type() == &DataType::Boolean,
+            DataType::Timestamp(_, _) => matches!(field.data_type(), DataType::Timestamp(_, _)),
+            other => other == field.data_type(),
+        };
+        if !matches {
+            errors.push(format!(
+                "column `{}` is {}, expected {}",
+                field.name(),
+                field.data_type(),
+                wanted.data_type()
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    let reader = builder
+        .build()
+        .map_err(|e| format!("not a readable Parquet file: {e}"))?;
+    let mut rows = 0u64;
+    let mut row_errors = Vec::new();
+    let note = |errors: &mut Vec<String>, message: String| {
+        if errors.len() < 5 {
+            errors.push(message);
+        }
+    };
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("reading the Parquet file failed: {e}"))?;
+        let messages = batch.column_by_name("messages").expect("checked above");
+        let status = batch.column_by_name("review_status");
+        for i in 0..batch.num_rows() {
+            let row = rows + i as u64;
+            let mut has_user = false;
+            let mut has_assistant = false;
+            if let Some(entries) = list_value(messages.as_ref(), i)
+                && let Some(entries) = entries.as_struct_opt()
+            {
+                let role = entries.column_by_name("role").expect("checked above");
+                let content = entries.column_by_name("content").expect("checked above");
+                for m in 0..entries.len() {
+                    let text = any_string(content.as_ref(), m).unwrap_or("").trim();
+                    match any_string(role.as_ref(), m) {
+                        Some("user") if !text.is_empty() => has_user = true,
+                        Some("assistant") if !text.is_empty() => has_assistant = true,
+                        Some("user" | "assistant" | "system") => {}
+                        other => note(
+                            &mut row_errors,
+                            format!(
+                                "row {row}: message role {other:?} is not system, user or assistant"
+                            ),
+                        ),
+                    }
+                }
+            }
+            if !(has_user && has_assistant) {
+                note(
+                    &mut row_errors,
+                    format!(
+                        "row {row}: `messages` needs a user and an assistant message with text"
+                    ),
+                );
+            }
+            if let Some(status) = status {
+                let value = any_string(status.as_ref(), i);
+                if !value.is_some_and(|v| REVIEW_STATUSES.contains(&v)) {
+                    note(
+                        &mut row_errors,
+                        format!(
+                            "row {row}: review_status {value:?} is not one of {}",
+                            REVIEW_STATUSES.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        rows += batch.num_rows() as u64;
+    }
+    if !row_errors.is_empty() {
+        return Err(row_errors.join("; "));
+    }
+    if rows == 0 {
+        return Err("the file has no rows".into());
+    }
+    Ok(rows)
+}
+
+/// The dataset's and the review columns' fields.
+fn schema_fields_by_name() -> Vec<Field> {
+    reviewed_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,5 +845,62 @@ mod tests {
         let bytes = encode_parquet(&[], &[]).unwrap();
         let (back, _) = decode_parquet(Bytes::from(bytes)).unwrap();
         assert!(back.is_empty());
+    }
+
+    #[test]
+    fn reviewed_exports_pass_the_fine_tune_check_and_bad_files_do_not() {
+        let records: Vec<Record> = (0..3).map(sample).collect();
+        let reviews: Vec<ReviewColumns> = (0..3)
+            .map(|i| ReviewColumns {
+                status: ["approved", "pending", "approved"][i].into(),
+                reason: None,
+                human_edited: i == 0,
+                reviewed_at: (i != 1).then_some(1_700_000_000_000),
+            })
+            .collect();
+        let bytes = encode_reviewed_parquet(&records, &reviews).unwrap();
+        assert_eq!(check_fine_tune_parquet(Bytes::from(bytes.clone())), Ok(3));
+        // The dataset columns still decode.
+        let (back, meta) = decode_parquet(Bytes::from(bytes)).unwrap();
+        assert_eq!(back, records);
+        assert_eq!(meta.get(REVIEWED_KEY).map(String::as_str), Some("1"));
+        // A plain dataset passes too.
+        let plain = encode_parquet(&records, &[]).unwrap();
+        assert_eq!(check_fine_tune_parquet(Bytes::from(plain)), Ok(3));
+
+        // No messages column.
+        let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![strings(["hello"].into_iter())]).unwrap();
+        let mut buffer = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut buffer, schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let error = check_fine_tune_parquet(Bytes::from(buffer)).unwrap_err();
+        assert!(error.contains("no `messages` column"), "{error}");
+
+        // An empty assistant message and an unknown review status.
+        let mut broken = sample(0);
+        broken.messages[1].content = " ".into();
+        let bad = encode_reviewed_parquet(
+            &[broken],
+            &[ReviewColumns {
+                status: "maybe".into(),
+                reason: None,
+                human_edited: false,
+                reviewed_at: None,
+            }],
+        )
+        .unwrap();
+        let error = check_fine_tune_parquet(Bytes::from(bad)).unwrap_err();
+        assert!(error.contains("row 0: `messages` needs"), "{error}");
+        assert!(error.contains("review_status Some(\"maybe\")"), "{error}");
+
+        assert!(check_fine_tune_parquet(Bytes::from_static(b"PAR1 nope")).is_err());
+        let empty = encode_parquet(&[], &[]).unwrap();
+        assert_eq!(
+            check_fine_tune_parquet(Bytes::from(empty)).unwrap_err(),
+            "the file has no rows"
+        );
     }
 }

@@ -64,9 +64,11 @@ pub struct ApiConfig {
 }
 
 #[derive(Clone)]
-struct AppState {
-    coordinator: Arc<Coordinator>,
+pub(super) struct AppState {
+    pub(super) coordinator: Arc<Coordinator>,
     defaults: Arc<JobDefaults>,
+    /// Largest request body other than an upload (also the largest section text).
+    pub(super) max_json_bytes: usize,
 }
 
 #[derive(utoipa::OpenApi)]
@@ -108,6 +110,7 @@ pub fn router_and_openapi(
     let state = AppState {
         coordinator,
         defaults: Arc::new(config.defaults),
+        max_json_bytes: config.max_json_bytes,
     };
     let (upload_schemas, upload_paths, upload_route) = routes!(upload_file);
     let authenticated = OpenApiRouter::new()
@@ -128,6 +131,7 @@ pub fn router_and_openapi(
         .routes(routes!(job_report))
         .routes(routes!(combine))
         .routes(routes!(estimate))
+        .merge(super::review_api::routes())
         .route_layer(middleware::from_fn_with_state(keys, require_key));
     let public = OpenApiRouter::new()
         .routes(routes!(metrics))
@@ -141,6 +145,7 @@ pub fn router_and_openapi(
         .with_state(state)
         .split_for_parts();
     let router = router
+        .merge(super::review_api::pages())
         .fallback(no_route)
         .layer(Extension(Arc::new(openapi.clone())));
     (router, openapi)
@@ -182,10 +187,10 @@ async fn require_key(
 }
 
 /// API errors as SeekrFlow-style JSON bodies.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
         ApiError(StatusCode::BAD_REQUEST, message.into())
     }
 }
@@ -197,6 +202,7 @@ impl From<ServiceError> for ApiError {
                 ApiError(StatusCode::NOT_FOUND, format!("{what} not found"))
             }
             ServiceError::Invalid(message) => ApiError::bad_request(message),
+            ServiceError::Conflict(message) => ApiError(StatusCode::CONFLICT, message),
             ServiceError::Store(error) => {
                 tracing::error!(%error, "storage error");
                 ApiError(
@@ -235,9 +241,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
-fn tenant(caller: &Caller) -> Option<&str> {
+pub(super) fn tenant(caller: &Caller) -> Option<&str> {
     caller.tenant.as_deref()
 }
 

@@ -8,6 +8,8 @@ pub mod client;
 pub mod keys;
 pub mod progress;
 pub mod records;
+pub mod review;
+mod review_api;
 pub mod service;
 pub mod wire;
 

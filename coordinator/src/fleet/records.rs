@@ -38,6 +38,24 @@ pub fn job_tree_key(id: &str) -> String {
     format!("jobs/{id}/tree.json")
 }
 
+/// The job's tree at `version`: version 1 is the ingested tree, later ones are edits made in
+/// review.
+pub fn job_tree_version_key(id: &str, version: u32) -> String {
+    if version <= 1 {
+        job_tree_key(id)
+    } else {
+        format!("jobs/{id}/tree.v{version}.json")
+    }
+}
+
+pub fn reviews_prefix(job_id: &str) -> String {
+    format!("jobs/{job_id}/reviews/")
+}
+
+pub fn review_key(job_id: &str, record_id: &str) -> String {
+    format!("jobs/{job_id}/reviews/{record_id}.json")
+}
+
 pub fn failed_prefix(id: &str) -> String {
     format!("jobs/{id}/failed/")
 }
@@ -140,6 +158,61 @@ pub struct JobRecord {
     /// Id of the dataset file (purpose `fine-tune`) once the job completed.
     #[serde(default)]
     pub output_file: Option<FileRecord>,
+    /// The newest version of the job's tree (1: as ingested; each section edit adds one).
+    #[serde(default = "first_version")]
+    pub tree_version: u32,
+    /// The tree version the last generation ran on (`regenerate` moves it to `tree_version`).
+    #[serde(default = "first_version")]
+    pub generated_version: u32,
+    /// Shards of the current plan whose parts existed before publishing (not regenerated).
+    #[serde(default)]
+    pub shards_reused: u64,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// A person's decision on one item of a job's dataset (`jobs/<id>/reviews/<record_id>.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewRecord {
+    pub record_id: String,
+    pub status: ReviewStatus,
+    /// Why the item was rejected (required for `rejected`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub edited_question: Option<String>,
+    #[serde(default)]
+    pub edited_answer: Option<String>,
+    /// The question or answer was edited by a person: regeneration never replaces the item.
+    #[serde(default)]
+    pub human_edited: bool,
+    pub updated_at_ms: u64,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Digest of the item's section, question and answer as generated: a regenerated shard that
+    /// yields the same item again gets this decision back.
+    #[serde(default)]
+    pub item_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl ReviewStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::Pending => "pending",
+            ReviewStatus::Approved => "approved",
+            ReviewStatus::Rejected => "rejected",
+        }
+    }
 }
 
 impl JobRecord {

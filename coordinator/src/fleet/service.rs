@@ -6,7 +6,7 @@
 //! dataset. A restarted coordinator reloads the records and carries on; republishing a shard whose
 //! part already exists costs a worker one existence check.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,10 +21,11 @@ use worker::store::{ObjectStore, StoreError};
 
 use super::progress::RedisProgress;
 use super::records::*;
+use super::review::ReviewCache;
 use crate::combine;
 use crate::estimate::{UsageEstimate, estimate_shards};
 use crate::ingest;
-use crate::merge::{dataset_key, merge_job};
+use crate::merge::{MergeInput, dataset_version_key, merge_job};
 use crate::plan::plan_shards;
 use crate::report::{self, FailedShard, ReportInput};
 
@@ -53,6 +54,9 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// The request does not fit the job's state (e.g. reviewing a job without a dataset).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,11 +85,15 @@ pub struct CombineOutcome {
 }
 
 pub struct Coordinator {
-    store: Arc<dyn ObjectStore>,
+    pub(super) store: Arc<dyn ObjectStore>,
     max_upload_bytes: usize,
     publisher: Arc<dyn ShardPublisher>,
     progress: Option<RedisProgress>,
     jobs: Mutex<BTreeMap<String, JobRecord>>,
+    /// Shard ids of each job's current plan (parts of other versions' shards do not count).
+    plans: Mutex<HashMap<String, Arc<HashSet<String>>>>,
+    /// Decoded datasets, trees and reviews that the review routes read.
+    pub(super) review: ReviewCache,
 }
 
 fn new_id(prefix: &str) -> String {
@@ -150,6 +158,37 @@ pub fn validate_upload(purpose: &str, filename: &str, size: u64, max_bytes: usiz
     errors
 }
 
+/// Check the content of a `fine-tune` upload: a Parquet file must have a fine-tuning dataset's
+/// schema and rows (see [`proto::dataset::check_fine_tune_parquet`]); each line of a JSONL file
+/// must be a JSON object with a `messages` array.
+async fn check_fine_tune_content(file_type: &str, content: Bytes) -> Result<(), ServiceError> {
+    let file_type = file_type.to_string();
+    let verdict = tokio::task::spawn_blocking(move || match file_type.as_str() {
+        "parquet" => proto::dataset::check_fine_tune_parquet(content)
+            .map(|_| ())
+            .map_err(|e| format!("the Parquet file is not a fine-tuning dataset: {e}")),
+        "jsonl" => {
+            let text = std::str::from_utf8(&content)
+                .map_err(|_| "the JSONL file is not UTF-8 text".to_string())?;
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| format!("line {} is not JSON: {e}", n + 1))?;
+                if !value["messages"].is_array() {
+                    return Err(format!("line {} has no `messages` array", n + 1));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    })
+    .await
+    .map_err(|e| ServiceError::Invalid(format!("checking the upload failed: {e}")))?;
+    verdict.map_err(ServiceError::Invalid)
+}
+
 /// The message for an upload over the limit.
 pub fn too_large(size: u64, max_bytes: usize) -> String {
     format!("the file is {size} bytes; the limit is {max_bytes} bytes")
@@ -207,6 +246,8 @@ impl Coordinator {
             publisher,
             progress,
             jobs: Mutex::new(jobs),
+            plans: Mutex::new(HashMap::new()),
+            review: ReviewCache::default(),
         });
         let unfinished: Vec<JobRecord> = coordinator
             .jobs
@@ -247,6 +288,9 @@ impl Coordinator {
         );
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors.join("; ")));
+        }
+        if purpose == PURPOSE_FINE_TUNE {
+            check_fine_tune_content(&file_type(filename), content.clone()).await?;
         }
         self.store_new_file(filename, purpose, content, tenant)
             .await
@@ -480,6 +524,9 @@ impl Coordinator {
             rejected: 0,
             tokens: 0,
             output_file: None,
+            tree_version: 1,
+            generated_version: 1,
+            shards_reused: 0,
         };
         self.save(job.clone()).await?;
         let this = self.clone();
@@ -527,7 +574,7 @@ impl Coordinator {
     }
 
     /// A job of any tenant (internal bookkeeping).
-    fn job_record(&self, id: &str) -> Option<JobRecord> {
+    pub(super) fn job_record(&self, id: &str) -> Option<JobRecord> {
         self.jobs.lock().expect("jobs lock").get(id).cloned()
     }
 
@@ -561,6 +608,8 @@ impl Coordinator {
             self.store.delete(&file_record_key(&file.id)).await?;
         }
         self.jobs.lock().expect("jobs lock").remove(id);
+        self.plans.lock().expect("plans lock").remove(id);
+        self.review.forget(id);
         if let Some(progress) = &self.progress {
             let _ = progress.forget(id).await;
         }
@@ -568,7 +617,7 @@ impl Coordinator {
     }
 
     /// Persist a job record (store first, then memory, then the Redis mirror).
-    async fn save(&self, mut job: JobRecord) -> Result<(), StoreError> {
+    pub(super) async fn save(&self, mut job: JobRecord) -> Result<(), StoreError> {
         job.updated_at_ms = now_ms();
         let json = serde_json::to_vec(&job).expect("job record serializes");
         self.store
@@ -611,7 +660,7 @@ impl Coordinator {
     }
 
     /// Ingest the job's files, plan, store the tree, publish the shards whose parts are missing.
-    async fn prepare_and_publish(self: Arc<Self>, id: String) {
+    pub(super) async fn prepare_and_publish(self: Arc<Self>, id: String) {
         let (_, shards) = match self.prepare(&id).await {
             Ok(planned) => planned,
             Err(message) => return self.fail(&id, message).await,
@@ -622,14 +671,6 @@ impl Coordinator {
         if job.status.is_terminal() {
             return;
         }
-        job.status = JobStatus::Queued;
-        job.current_step = "publish".into();
-        job.shards_total = shards.len() as u64;
-        if let Err(error) = self.save(job.clone()).await {
-            return self
-                .fail(&id, format!("storing the job record: {error}"))
-                .await;
-        }
         let done: HashSet<String> = match self.store.list(&format!("jobs/{id}/parts/")).await {
             Ok(keys) => keys.into_iter().collect(),
             Err(error) => {
@@ -638,6 +679,18 @@ impl Coordinator {
                     .await;
             }
         };
+        job.status = JobStatus::Queued;
+        job.current_step = "publish".into();
+        job.shards_total = shards.len() as u64;
+        job.shards_reused = shards
+            .iter()
+            .filter(|s| done.contains(&part_key(&id, &s.shard_id)))
+            .count() as u64;
+        if let Err(error) = self.save(job.clone()).await {
+            return self
+                .fail(&id, format!("storing the job record: {error}"))
+                .await;
+        }
         // Publish with many confirms outstanding at once: each publish waits for its broker
         // confirm, and confirms of a quorum queue take milliseconds each.
         let pending: Vec<ShardMessage> = shards
@@ -710,15 +763,25 @@ impl Coordinator {
         }
     }
 
-    /// The job's tree (ingested once, then read back from the store) and its shards.
-    async fn prepare(&self, id: &str) -> Result<(PrincipleTree, Vec<ShardMessage>), String> {
+    /// The job's tree at the version generated (ingested once, then read back from the store) and
+    /// its shards.
+    pub(super) async fn prepare(
+        &self,
+        id: &str,
+    ) -> Result<(PrincipleTree, Vec<ShardMessage>), String> {
         let job = self
             .job_record(id)
             .ok_or_else(|| format!("job {id} was deleted"))?;
-        let tree_key = job_tree_key(id);
+        let tree_key = job_tree_version_key(id, job.generated_version);
         let tree = match self.store.get(&tree_key).await.map_err(|e| e.to_string())? {
             Some(bytes) => serde_json::from_slice::<PrincipleTree>(&bytes)
                 .map_err(|e| format!("stored tree is unreadable: {e}"))?,
+            None if job.generated_version > 1 => {
+                return Err(format!(
+                    "tree version {} of the job is missing",
+                    job.generated_version
+                ));
+            }
             None => {
                 let tree = self
                     .ingest(&job.files, job.tenant.as_deref())
@@ -736,6 +799,11 @@ impl Coordinator {
         if shards.is_empty() {
             return Err("the documents contain no section with text to generate from".into());
         }
+        let plan: HashSet<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
+        self.plans
+            .lock()
+            .expect("plans lock")
+            .insert(id.to_string(), Arc::new(plan));
         Ok((tree, shards))
     }
 
@@ -816,10 +884,47 @@ impl Coordinator {
         }
     }
 
+    /// Shard ids of the job's current plan.
+    async fn plan(&self, id: &str) -> Result<Arc<HashSet<String>>, ServiceError> {
+        if let Some(plan) = self.plans.lock().expect("plans lock").get(id) {
+            return Ok(plan.clone());
+        }
+        self.prepare(id).await.map_err(ServiceError::Invalid)?;
+        self.plans
+            .lock()
+            .expect("plans lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(format!("plan of job {id}")))
+    }
+
     async fn refresh(&self, mut job: JobRecord) -> Result<(), ServiceError> {
         let id = job.id.clone();
-        let parts = self.store.list(&format!("jobs/{id}/parts/")).await?.len() as u64;
-        let failed_keys = self.store.list(&failed_prefix(&id)).await?;
+        // Only the current plan's shards count: after a regeneration, parts and failures of
+        // shards that the new tree no longer has are history.
+        let plan = self.plan(&id).await?;
+        let in_plan = |key: &String| {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            let shard = name
+                .strip_suffix(".parquet")
+                .or_else(|| name.strip_suffix(".json"))
+                .unwrap_or(name);
+            plan.contains(shard)
+        };
+        let parts = self
+            .store
+            .list(&format!("jobs/{id}/parts/"))
+            .await?
+            .iter()
+            .filter(|k| in_plan(k))
+            .count() as u64;
+        let failed_keys: Vec<String> = self
+            .store
+            .list(&failed_prefix(&id))
+            .await?
+            .into_iter()
+            .filter(|k| in_plan(k))
+            .collect();
         let changed = parts != job.shards_done || failed_keys.len() as u64 != job.shards_failed;
         job.shards_done = parts;
         job.shards_failed = failed_keys.len() as u64;
@@ -865,7 +970,15 @@ impl Coordinator {
         let (tree, shards) = self.prepare(&id).await.map_err(ServiceError::Invalid)?;
         let shard_ids: Vec<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
         let threshold = job.spec.near_duplicate_threshold;
-        let merged = match merge_job(self.store.as_ref(), &id, &shard_ids, threshold).await {
+        let version = job.generated_version.max(1);
+        // A regeneration keeps the human-edited items of the shards it replaced.
+        let carried = if version > 1 {
+            self.carried_items(&job, &shard_ids).await?
+        } else {
+            Vec::new()
+        };
+        let input = MergeInput { version, carried };
+        let merged = match merge_job(self.store.as_ref(), &id, &shard_ids, threshold, input).await {
             Ok(merged) => merged,
             Err(error) => {
                 self.fail(&id, format!("merging the parts failed: {error}"))
@@ -882,7 +995,7 @@ impl Coordinator {
             records: &merged.records,
             merge_duplicates: merged.duplicates,
             shards_total: shard_ids.len() as u64,
-            shards_reused: 0,
+            shards_reused: job.shards_reused,
             failed_shards: Vec::<FailedShard>::new(),
             wall_time_ms: now_ms().saturating_sub(job.created_at_ms),
         });
@@ -898,7 +1011,7 @@ impl Coordinator {
             file_type: "parquet".into(),
             bytes: merged.dataset.len() as u64,
             created_at_ms: now_ms(),
-            content_key: dataset_key(&id),
+            content_key: dataset_version_key(&id, version),
             origin_job_id: Some(id.clone()),
             tenant: job.tenant.clone(),
         };
@@ -914,6 +1027,10 @@ impl Coordinator {
             report.items.accepted, report.coverage.covered, report.coverage.total
         ));
         job.output_file = Some(file);
+        if version > 1 {
+            // Decisions on items that the regenerated shards produced again follow them.
+            self.carry_decisions(&job, &merged.records).await?;
+        }
         self.save(job).await?;
         tracing::info!(job_id = %id, items = report.items.accepted, "job completed");
         Ok(())
