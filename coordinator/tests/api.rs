@@ -294,7 +294,7 @@ async fn every_endpoint_of_one_tenant_from_upload_to_deletion() {
             &key,
             "data.jsonl",
             "fine-tune",
-            b"{\"messages\":[]}\n".to_vec(),
+            b"{\"messages\":[{\"role\":\"user\",\"content\":\"Who may apply?\"},{\"role\":\"assistant\",\"content\":\"Any member of the credit union may apply.\"}]}\n".to_vec(),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -346,7 +346,7 @@ async fn every_endpoint_of_one_tenant_from_upload_to_deletion() {
             &key,
         )
         .await;
-    assert_eq!(names(&by_size), ["notes.txt", "data.jsonl"]);
+    assert_eq!(names(&by_size), ["data.jsonl", "notes.txt"]);
     let (status, _) = server.get("/v1/flow/files?sort_by=colour", &key).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
@@ -880,20 +880,13 @@ async fn combine_merges_a_job_dataset_with_uploaded_data_into_new_fine_tune_file
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, bad) = server
+    // Data combine could not read is refused at upload, with the file and line.
+    let (status, error) = server
         .upload(
             &key,
             "bad.jsonl",
             "fine-tune",
             b"{\"question\": 1}\n".to_vec(),
-        )
-        .await;
-    let (status, error) = server
-        .call(
-            Method::POST,
-            "/v1/flow/combine",
-            Some(&key),
-            Some(json!({"files": [bad["id"]]})),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

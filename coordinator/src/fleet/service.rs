@@ -158,31 +158,29 @@ pub fn validate_upload(purpose: &str, filename: &str, size: u64, max_bytes: usiz
     errors
 }
 
-/// Check the content of a `fine-tune` upload: a Parquet file must have a fine-tuning dataset's
-/// schema and rows (see [`proto::dataset::check_fine_tune_parquet`]); each line of a JSONL file
-/// must be a JSON object with a `messages` array.
-async fn check_fine_tune_content(file_type: &str, content: Bytes) -> Result<(), ServiceError> {
-    let file_type = file_type.to_string();
-    let verdict = tokio::task::spawn_blocking(move || match file_type.as_str() {
-        "parquet" => proto::dataset::check_fine_tune_parquet(content)
-            .map(|_| ())
-            .map_err(|e| format!("the Parquet file is not a fine-tuning dataset: {e}")),
-        "jsonl" => {
-            let text = std::str::from_utf8(&content)
-                .map_err(|_| "the JSONL file is not UTF-8 text".to_string())?;
-            for (n, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let value: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| format!("line {} is not JSON: {e}", n + 1))?;
-                if !value["messages"].is_array() {
-                    return Err(format!("line {} has no `messages` array", n + 1));
-                }
-            }
-            Ok(())
+/// A `fine-tune` upload must be training data Principia can use: a Parquet file in the
+/// fine-tuning schema (`messages`, and Principia's own columns of their types, as an exported
+/// review has them), or any file `principia combine` reads (JSONL or Parquet with `messages`,
+/// `question`/`answer`, `prompt`/`completion` or `instruction`/`output`). Checked before anything
+/// is stored.
+async fn check_fine_tune_content(filename: &str, content: Bytes) -> Result<(), ServiceError> {
+    let path = std::path::PathBuf::from(filename);
+    let verdict = tokio::task::spawn_blocking(move || {
+        let readable = |content: Bytes| {
+            combine::read_input(&path, "upload", content)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        match file_type(&path.to_string_lossy()).as_str() {
+            "parquet" => match proto::dataset::check_fine_tune_parquet(content.clone()) {
+                Ok(_) => Ok(()),
+                Err(schema) => readable(content).map_err(|_| {
+                    format!("the Parquet file is not a fine-tuning dataset: {schema}")
+                }),
+            },
+            "jsonl" => readable(content),
+            _ => Ok(()),
         }
-        _ => Ok(()),
     })
     .await
     .map_err(|e| ServiceError::Invalid(format!("checking the upload failed: {e}")))?;
@@ -290,7 +288,7 @@ impl Coordinator {
             return Err(ServiceError::Invalid(errors.join("; ")));
         }
         if purpose == PURPOSE_FINE_TUNE {
-            check_fine_tune_content(&file_type(filename), content.clone()).await?;
+            check_fine_tune_content(filename, content.clone()).await?;
         }
         self.store_new_file(filename, purpose, content, tenant)
             .await
