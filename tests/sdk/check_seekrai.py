@@ -87,7 +87,10 @@ def complete_phase():
         validation_error = str(error)
     assert '"exe" is not accepted' in validation_error, validation_error
     data = WORK / "train.jsonl"
-    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "Who may apply for a loan?"},'
+        ' {"role": "assistant", "content": "Any member of the credit union may apply."}]}\n'
+    )
     training = client.files.upload(data, purpose="fine-tune")
     assert training.purpose.value == "fine-tune" and training.type.value == "jsonl", training
 
