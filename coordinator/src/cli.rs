@@ -19,7 +19,7 @@ use worker::cache::ResponseCache;
 use worker::generate::extractive::ExtractiveGenerator;
 use worker::generate::openai::OpenAiGenerator;
 use worker::limits::{MemoryRateLimiter, RateLimiter, RateLimits, RedisRateLimiter};
-use worker::llm::{LlmClient, LlmConfig};
+use worker::llm::{LlmClient, LlmConfig, ToolMode};
 use worker::process::Generators;
 use worker::store::{LocalStore, ObjectStore};
 
@@ -155,6 +155,12 @@ struct SizeArgs {
     /// Word-set similarity (0.5–1) from which a question is a near duplicate of an earlier one.
     #[arg(long, default_value_t = DEFAULT_NEAR_DUPLICATE_THRESHOLD, value_parser = near_duplicate_threshold)]
     near_duplicate_threshold: f64,
+}
+
+fn tool_mode(value: &str) -> Result<ToolMode, String> {
+    value
+        .parse()
+        .map_err(|()| format!("{value:?} is not one of auto, plain, off"))
 }
 
 fn near_duplicate_threshold(value: &str) -> Result<f64, String> {
@@ -319,6 +325,10 @@ pub struct LlmArgs {
     /// Retries of a failed LLM request (429, 5xx, timeouts).
     #[arg(long, default_value_t = 5, env = "PRINCIPIA_LLM_MAX_RETRIES")]
     llm_max_retries: u32,
+    /// How generation looks up cross-references, definitions and the tree: `auto` (tools, or
+    /// `plain` when the server refuses them), `plain` (looked up in advance, in the prompt) or `off`.
+    #[arg(long, default_value = "auto", env = "PRINCIPIA_LLM_TOOLS", value_parser = tool_mode)]
+    llm_tools: ToolMode,
     /// Requests per minute to the LLM endpoint, shared by every worker of the fleet (unlimited).
     #[arg(long, env = "PRINCIPIA_LLM_RPM")]
     llm_requests_per_minute: Option<u64>,
@@ -506,6 +516,7 @@ impl LlmArgs {
         config.timeout = Duration::from_secs(self.llm_timeout_secs.max(1));
         config.max_retries = self.llm_max_retries;
         config.concurrency = self.llm_concurrency.max(1);
+        config.tools = self.llm_tools;
         Ok(Some(config))
     }
 
@@ -531,7 +542,7 @@ impl LlmArgs {
             Some(config) => {
                 let mut client = LlmClient::new(config).context("configuring the LLM client")?;
                 if !self.no_llm_cache {
-                    client = client.with_cache(ResponseCache::new(store));
+                    client = client.with_cache(ResponseCache::new(store.clone()));
                 }
                 let limits = self.limits();
                 if limits != RateLimits::default()
@@ -539,7 +550,7 @@ impl LlmArgs {
                 {
                     client = client.with_rate_limiter(limiter, limits);
                 }
-                Some(Arc::new(OpenAiGenerator::new(Arc::new(client))) as _)
+                Some(Arc::new(OpenAiGenerator::new(Arc::new(client)).with_lookups(store)) as _)
             }
             None => None,
         };
@@ -628,11 +639,8 @@ fn cancel_on_signal() -> CancellationToken {
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let spec = args.job.spec()?;
     let limiter = MemoryRateLimiter::with_window(args.job.llm.rate_window());
-    let cache_store = Arc::new(LocalStore::new(&args.out));
-    let generators = args
-        .job
-        .llm
-        .generators(Some(Arc::new(limiter)), cache_store)?;
+    let store = Arc::new(LocalStore::new(&args.out));
+    let generators = args.job.llm.generators(Some(Arc::new(limiter)), store)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let options = RunOptions {

@@ -23,6 +23,7 @@ use worker::store::{LocalStore, ObjectStore, StoreError};
 
 use crate::estimate::estimate_shards;
 use crate::ingest::{self, Format, IngestError};
+use crate::lookup::attach_lookup_index;
 use crate::merge::{MergeError, MergeInput, merge_job};
 use crate::plan::plan_shards;
 use crate::progress::Progress;
@@ -90,11 +91,12 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
     let spec = options.spec;
     let job_id = job_id(&spec, &tree);
     let store = Arc::new(LocalStore::new(&options.out_dir));
-    let shards = plan_shards(&tree, &job_id, &spec);
+    let mut shards = plan_shards(&tree, &job_id, &spec);
     if shards.is_empty() {
         return Err(RunError::NothingToDo);
     }
-    let estimate = estimate_shards(&spec, &shards);
+    attach_lookup_index(store.as_ref(), &job_id, &tree, &spec, &mut shards).await?;
+    let estimate = estimate_shards(&spec, &tree, &shards);
     tracing::info!(%job_id, shards = shards.len(), sections = tree.generation_units().len(), calls = estimate.calls, "job planned");
     let tree_json = serde_json::to_vec(&tree).expect("tree serializes");
     store

@@ -4,7 +4,8 @@
 //! estimated by its generator: the `openai` generator renders its real prompts
 //! ([`worker::generate::openai::estimate_shard`]), the `extractive` generator makes no call.
 //! The sums are the expected calls and tokens when the judge accepts every candidate and no reply
-//! needs a repair (a refine round adds two calls to a section).
+//! needs a repair (a refine round adds two calls to a section), with one round of lookups for a
+//! section that has cross-references or defined terms (tools offered, the default).
 //!
 //! Cost is `prompt tokens × price-in + completion tokens × price-out`, prices per million tokens
 //! (in whatever currency they are given). Time models the LLM client: `calls × latency /
@@ -12,11 +13,13 @@
 
 use std::path::PathBuf;
 
-use proto::{GeneratorKind, JobSpec};
+use proto::{GeneratorKind, JobSpec, PrincipleTree};
 use serde::{Deserialize, Serialize};
 use worker::generate::openai::estimate_shard;
+use worker::generate::tools::Lookups;
 
 use crate::ingest::{self, Format, IngestError};
+use crate::lookup::build_lookup_index;
 use crate::plan::plan_shards;
 
 /// Expected usage of a job, as `report.json` records it next to the actuals.
@@ -68,17 +71,23 @@ pub enum EstimateError {
     NothingToDo,
 }
 
-/// The expected usage of a job with `spec` on these shards.
-pub fn estimate_shards(spec: &JobSpec, shards: &[proto::ShardMessage]) -> UsageEstimate {
+/// The expected usage of a job with `spec` on these shards of `tree`.
+pub fn estimate_shards(
+    spec: &JobSpec,
+    tree: &PrincipleTree,
+    shards: &[proto::ShardMessage],
+) -> UsageEstimate {
     let mut usage = UsageEstimate {
         generator: spec.generator.kind.as_str().to_string(),
         model: spec.generator.model.clone(),
         shards: shards.len() as u64,
         ..UsageEstimate::default()
     };
+    let lookups = (spec.generator.kind == GeneratorKind::Openai)
+        .then(|| Lookups::new(build_lookup_index(tree)));
     for shard in shards {
         if spec.generator.kind == GeneratorKind::Openai {
-            let shard = estimate_shard(shard);
+            let shard = estimate_shard(shard, lookups.as_ref());
             usage.sections += shard.sections;
             usage.planned_items += shard.planned_items;
             usage.calls += shard.calls;
@@ -106,7 +115,7 @@ pub fn estimate_files(
     if shards.is_empty() {
         return Err(EstimateError::NothingToDo);
     }
-    Ok(estimate_shards(spec, &shards))
+    Ok(estimate_shards(spec, &ingested.tree, &shards))
 }
 
 /// Cost and time of `usage` at `pricing`.

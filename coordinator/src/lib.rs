@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod estimate;
 pub mod fleet;
 pub mod ingest;
+pub mod lookup;
 pub mod merge;
 pub mod plan;
 pub mod progress;

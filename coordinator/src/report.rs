@@ -84,6 +84,12 @@ pub struct Quality {
     pub duplicate_rate: f64,
     /// Accepted items that passed only after one refinement.
     pub refined: u64,
+    /// Lookups (tool calls for a section, a definition, a section's context) answered.
+    #[serde(default)]
+    pub lookups: u64,
+    /// Accepted items whose evidence also quotes a looked-up section or definition.
+    #[serde(default)]
+    pub items_quoting_lookups: u64,
     /// Per judge criterion, the accepted items' scores.
     pub scores: BTreeMap<String, ScoreSummary>,
     /// LLM requests sent per accepted item (cache hits not included).
@@ -132,6 +138,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
     let mut tokens = TokenUsage::default();
     let mut candidates = 0;
     let mut planned = 0;
+    let mut lookups = 0;
     let mut shard_uncovered: HashMap<&str, &UncoveredSection> = HashMap::new();
     for report in input.shard_reports {
         for (reason, n) in &report.rejected {
@@ -140,6 +147,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
         tokens.add(report.usage);
         candidates += report.candidates;
         planned += report.planned;
+        lookups += report.lookups;
         for section in &report.uncovered {
             shard_uncovered.insert(section.node_id.as_str(), section);
         }
@@ -191,7 +199,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
         })
         .collect();
     let covered = units.len() as u64 - uncovered.len() as u64;
-    let quality = quality(&input, &rejected, candidates, planned, tokens);
+    let quality = quality(&input, &rejected, candidates, (planned, lookups), tokens);
     let first = input.shard_reports.first();
     let accepted = input.records.len() as u64;
     let processed = input.shards_total - input.shards_reused - input.failed_shards.len() as u64;
@@ -248,7 +256,7 @@ fn quality(
     input: &ReportInput<'_>,
     rejected: &BTreeMap<String, u64>,
     candidates: u64,
-    planned: u64,
+    (planned, lookups): (u64, u64),
     tokens: TokenUsage,
 ) -> Quality {
     let count = |reason: proto::RejectReason| rejected.get(reason.as_str()).copied().unwrap_or(0);
@@ -278,6 +286,12 @@ fn quality(
             .records
             .iter()
             .filter(|r| r.verdict == "accept_refined")
+            .count() as u64,
+        lookups,
+        items_quoting_lookups: input
+            .records
+            .iter()
+            .filter(|r| r.evidence_spans.iter().any(|s| s.node_id != r.node_id))
             .count() as u64,
         scores: scores
             .into_iter()
@@ -372,6 +386,13 @@ pub fn render(report: &JobReport) -> String {
             String::new()
         }
     );
+    if quality.lookups > 0 || quality.items_quoting_lookups > 0 {
+        let _ = writeln!(
+            out,
+            "lookups: {} answered; {} accepted items also quote a looked-up section or definition",
+            quality.lookups, quality.items_quoting_lookups
+        );
+    }
     for (criterion, summary) in &quality.scores {
         let bins: Vec<String> = summary.histogram.iter().map(u64::to_string).collect();
         let _ = writeln!(

@@ -9,6 +9,8 @@ use std::time::Instant;
 use coordinator::ingest::{
     Format, IngestError, Ingested, detect_format, read_file, read_files, to_seekr_json,
 };
+use coordinator::lookup::build_lookup_index;
+use proto::lookup::citation_key;
 use proto::{NodeStatus, PrincipleNode, PrincipleTree};
 
 /// The corpora directory, or `None` (with a message) when it is not there.
@@ -1496,4 +1498,59 @@ fn damaged_copies_of_good_pdf_and_docx_files_never_panic() {
             }
         }
     }
+}
+
+// The lookup index built from the corpora
+
+#[test]
+fn cfr_cross_references_resolve_to_the_section_they_name() {
+    let Some(corpora) = corpora() else { return };
+    let tree = read(&corpora.join("cfr-format-dev/title-1.xml")).tree;
+    let index = build_lookup_index(&tree);
+    let mut resolved = 0;
+    for node in &index.nodes {
+        for reference in &node.references {
+            resolved += 1;
+            let written = node.text[reference.start..reference.end].to_lowercase();
+            let target = &index.nodes[reference.target as usize];
+            let key = citation_key(&target.citation);
+            assert!(
+                written.contains(&key),
+                "{written:?} in {} resolved to {}",
+                node.citation,
+                target.citation
+            );
+            assert!(target.citation.starts_with("1 CFR"), "{}", target.citation);
+        }
+    }
+    assert!(resolved > 50, "only {resolved} references resolved");
+    let definitions = index.definitions.len();
+    assert!(definitions > 10, "only {definitions} definitions found");
+}
+
+#[test]
+fn us_code_references_and_definitions_resolve() {
+    let Some(corpora) = corpora() else { return };
+    let tree = read(&corpora.join("us-code-title21/usc21.xml")).tree;
+    let index = build_lookup_index(&tree);
+    let maps = index.maps();
+    // "The term “drug” means" in 21 U.S.C. 321.
+    let drug = maps.by_term["drug"]
+        .iter()
+        .map(|&i| &index.definitions[i])
+        .find(|d| index.nodes[d.node as usize].citation == "21 U.S.C. 321")
+        .expect("the definition of drug in 21 U.S.C. 321");
+    let text = index.definition_text(drug);
+    assert!(text.starts_with("The term “drug” means"), "{text}");
+    assert!(text.len() > 100, "{text}");
+    // "section 321 of this title" anywhere resolves to 21 U.S.C. 321.
+    let to_321 = index
+        .nodes
+        .iter()
+        .flat_map(|n| n.references.iter().map(move |r| (n, r)))
+        .filter(|(n, r)| n.text[r.start..r.end].starts_with("section 321("))
+        .map(|(_, r)| index.nodes[r.target as usize].citation.as_str())
+        .collect::<Vec<_>>();
+    assert!(to_321.len() > 20, "{}", to_321.len());
+    assert!(to_321.iter().all(|c| *c == "21 U.S.C. 321"), "{to_321:?}");
 }

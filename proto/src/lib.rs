@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod events;
 pub mod hash;
 pub mod job;
+pub mod lookup;
 pub mod report;
 pub mod shard;
 pub mod tree;

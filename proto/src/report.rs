@@ -101,6 +101,9 @@ pub struct ShardReport {
     /// Items the plan step asked for (0 for generators without one).
     #[serde(default)]
     pub planned: u64,
+    /// Lookups (tool calls) the generator answered.
+    #[serde(default)]
+    pub lookups: u64,
     /// Candidates produced before critique.
     pub candidates: u64,
     pub accepted: u64,

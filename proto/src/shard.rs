@@ -29,6 +29,10 @@ pub struct ShardMessage {
     pub shard_id: String,
     pub spec: JobSpec,
     pub sections: Vec<ShardSection>,
+    /// Storage key of the job's lookup index ([`crate::lookup`]) for generators with tools; not
+    /// part of the shard id (the index is a function of the tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<String>,
 }
 
 impl ShardMessage {
@@ -40,6 +44,7 @@ impl ShardMessage {
             shard_id,
             spec,
             sections,
+            lookup: None,
         }
     }
 

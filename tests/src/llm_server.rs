@@ -16,6 +16,15 @@
 //! made malformed (`malformed_first`, `malformed_every`), carry a fabricated quote
 //! (`fabricate_evidence`) or reject (`judge_reject`, `judge_fixable`, `judge_reject_first`).
 //!
+//! Tools: a generation request that offers tools (`tools`, `tool_choice` not `none`) and lists
+//! the target section's cross-references and defined terms (`- reference: WRITTEN -> CITATION`,
+//! `- term: TERM -> CITATION` lines) gets, before any tool result is in the conversation, a reply
+//! calling `lookup_section` for each reference and `lookup_definition` for each term. Once looked
+//! up (tool results, or `<lookup>` blocks inlined in the prompt), the reply's last item is a
+//! `cross_reference` item whose evidence quotes a sentence of the target section and one of the
+//! first looked-up text. With `refuse_tools`, any request offering tools gets a 400 naming them,
+//! as vLLM does without a tool parser.
+//!
 //! [`RunningServer`] counts what it received by [`RequestKind`] and can record request bodies.
 
 use std::collections::VecDeque;
@@ -121,6 +130,8 @@ pub struct ServerConfig {
     pub omit_usage: bool,
     /// Keep every request body for [`RunningServer::recorded`].
     pub record_requests: bool,
+    /// Answer requests that offer tools with 400.
+    pub refuse_tools: bool,
 }
 
 impl Default for ServerConfig {
@@ -144,6 +155,7 @@ impl Default for ServerConfig {
             models: Vec::new(),
             omit_usage: false,
             record_requests: false,
+            refuse_tools: false,
         }
     }
 }
@@ -187,6 +199,10 @@ pub struct ServerStats {
     pub unknown_model: u64,
     pub scripted: u64,
     pub malformed: u64,
+    /// Replies that called tools.
+    pub tool_call_replies: u64,
+    /// Requests refused for offering tools.
+    pub tools_refused: u64,
     /// Most chat requests inside the server at once (waiting for capacity included).
     pub peak_in_flight: u64,
 }
@@ -204,6 +220,8 @@ struct Counters {
     unknown_model: AtomicU64,
     scripted: AtomicU64,
     malformed: AtomicU64,
+    tool_call_replies: AtomicU64,
+    tools_refused: AtomicU64,
     json_replies: AtomicU64,
     judged: AtomicU64,
     in_flight: AtomicU64,
@@ -283,6 +301,8 @@ impl RunningServer {
             unknown_model: get(&c.unknown_model),
             scripted: get(&c.scripted),
             malformed: get(&c.malformed),
+            tool_call_replies: get(&c.tool_call_replies),
+            tools_refused: get(&c.tools_refused),
             peak_in_flight: get(&c.peak_in_flight),
         }
     }
@@ -450,6 +470,16 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         );
     }
 
+    let offers_tools = request["tools"].as_array().is_some_and(|t| !t.is_empty());
+    if config.refuse_tools && offers_tools {
+        counters.tools_refused.fetch_add(1, Ordering::SeqCst);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
+            "invalid_request_error",
+        );
+    }
+
     let prompt_bytes: usize = request["messages"]
         .as_array()
         .map(|m| {
@@ -487,6 +517,17 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         };
     }
 
+    if kind == RequestKind::Generate
+        && offers_tools
+        && request["tool_choice"] != "none"
+        && looked_up(&request).is_empty()
+    {
+        let calls = tool_calls(&request);
+        if !calls.is_empty() {
+            counters.tool_call_replies.fetch_add(1, Ordering::SeqCst);
+            return tool_call_completion(config, &model, calls, prompt_bytes);
+        }
+    }
     let content = match kind {
         RequestKind::Other => "OK".to_string(),
         RequestKind::Generate | RequestKind::Judge | RequestKind::Refine => {
@@ -539,6 +580,104 @@ fn completion(
         });
     }
     axum::Json(body).into_response()
+}
+
+/// A reply calling `calls` (`finish_reason = tool_calls`, no content).
+fn tool_call_completion(
+    config: &ServerConfig,
+    model: &str,
+    calls: Vec<Value>,
+    prompt_bytes: usize,
+) -> Response {
+    let completion_bytes = Value::Array(calls.clone()).to_string().len();
+    let mut body = json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": calls},
+            "finish_reason": "tool_calls",
+        }],
+    });
+    if !config.omit_usage {
+        let prompt = prompt_bytes.div_ceil(4);
+        let completion = completion_bytes.div_ceil(4);
+        body["usage"] = json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        });
+    }
+    axum::Json(body).into_response()
+}
+
+/// The tool calls for the `- reference:` and `- term:` lines of the generation prompt.
+fn tool_calls(request: &Value) -> Vec<Value> {
+    let prompt = user_message_with(request, "Target section: number ");
+    prompt
+        .lines()
+        .filter_map(|line| {
+            let (tool, argument, rest) = if let Some(rest) = line.strip_prefix("- reference: ") {
+                ("lookup_section", "citation", rest)
+            } else {
+                ("lookup_definition", "term", line.strip_prefix("- term: ")?)
+            };
+            let (written, citation) = rest.split_once(" -> ")?;
+            let value = if argument == "citation" {
+                citation
+            } else {
+                written
+            };
+            Some((tool, argument, value.to_string()))
+        })
+        .enumerate()
+        .map(|(i, (tool, argument, value))| {
+            json!({
+                "id": format!("call_{i}"),
+                "type": "function",
+                "function": {
+                    "name": tool,
+                    "arguments": json!({argument: value}).to_string(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Texts the conversation looked up: tool results (`text`, or each definition's `text`) and
+/// `<lookup>` blocks of the user prompt.
+fn looked_up(request: &Value) -> Vec<String> {
+    let mut texts = Vec::new();
+    for message in request["messages"].as_array().into_iter().flatten() {
+        let Some(content) = message["content"].as_str() else {
+            continue;
+        };
+        if message["role"] == "tool" {
+            let Ok(result) = serde_json::from_str::<Value>(content) else {
+                continue;
+            };
+            texts.extend(result["text"].as_str().map(str::to_string));
+            for definition in result["definitions"].as_array().into_iter().flatten() {
+                texts.extend(definition["text"].as_str().map(str::to_string));
+            }
+        } else if message["role"] == "user" {
+            let mut rest = content;
+            while let Some(start) = rest.find("<lookup citation=\"") {
+                let after = &rest[start..];
+                let Some(body_start) = after.find("\">\n").map(|p| p + 3) else {
+                    break;
+                };
+                let Some(body_end) = after[body_start..].find("\n</lookup>") else {
+                    break;
+                };
+                texts.push(after[body_start..body_start + body_end].to_string());
+                rest = &after[body_start + body_end..];
+            }
+        }
+    }
+    texts
 }
 
 /// The latest user message containing `needle` (a repair turn does not repeat the task).
@@ -663,7 +802,7 @@ fn generate_reply(config: &ServerConfig, request: &Value) -> String {
     let limit = requested_max(user_message_with(request, "Target section: number "))
         .unwrap_or(usize::MAX)
         .min(config.items_per_reply);
-    let items: Vec<Value> = sentences(&text)
+    let mut items: Vec<Value> = sentences(&text)
         .into_iter()
         .take(limit)
         .enumerate()
@@ -701,6 +840,32 @@ fn generate_reply(config: &ServerConfig, request: &Value) -> String {
             })
         })
         .collect();
+    let lookup_sentence = looked_up(request).iter().find_map(|looked| {
+        sentences(looked)
+            .first()
+            .map(|s| s.to_string())
+            .or_else(|| Some(looked.trim().to_string()).filter(|l| !l.is_empty()))
+    });
+    if let (Some(quoted), Some(own)) = (lookup_sentence, sentences(&text).first()) {
+        if items.len() == limit {
+            items.pop();
+        }
+        items.push(json!({
+            "question": format!(
+                "How does {citation} combine with the provision it refers to, which begins \"{}\"?",
+                quoted
+                    .split_whitespace()
+                    .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+                    .filter(|w| !w.is_empty())
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            "answer": format!("{own} The provision it refers to states: {quoted}"),
+            "evidence": [own, &quoted],
+            "question_type": "cross_reference",
+        }));
+    }
     json!({"items": items}).to_string()
 }
 

@@ -371,6 +371,71 @@ async fn an_openai_run_retries_through_faults_and_keeps_judged_items() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_openai_run_looks_up_cross_references_and_definitions_and_says_where_quotes_sit() {
+    let llm = tests::spawn(tests::ServerConfig::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let output = principia::run(&mut run_openai(&llm.url, out.path(), &[]));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The example's sections cite "Section 2.3", "Section 4.1", "Part 2" and use terms that
+    // Section 1.2 defines: those sections made one round of lookups each.
+    let stats = llm.stats();
+    assert!(stats.tool_call_replies >= 4, "{stats:?}");
+    let report = read_report(out.path());
+    let quality = &report["quality"];
+    assert!(quality["lookups"].as_u64().unwrap() >= stats.tool_call_replies);
+    let records = read_dataset(&out.path().join("dataset.parquet"));
+    let job = &records[0].job_id;
+    let tree: Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("jobs").join(job).join("tree.json")).unwrap(),
+    )
+    .unwrap();
+    let mut texts = std::collections::HashMap::new();
+    collect_texts(&tree["root"], &mut texts);
+    let mut quoting_lookups = 0;
+    for record in &records {
+        for (quote, span) in record.evidence.iter().zip(&record.evidence_spans) {
+            let text = &texts[&span.node_id];
+            assert_eq!(&text[span.start as usize..span.end as usize], quote);
+        }
+        assert!(
+            record
+                .evidence_spans
+                .iter()
+                .any(|s| s.node_id == record.node_id),
+            "every item quotes its own section"
+        );
+        if record
+            .evidence_spans
+            .iter()
+            .any(|s| s.node_id != record.node_id)
+        {
+            quoting_lookups += 1;
+            assert_eq!(record.question_type, "cross_reference");
+        }
+    }
+    assert!(quoting_lookups >= 3, "{quoting_lookups}");
+    assert_eq!(quality["items_quoting_lookups"], quoting_lookups);
+    // Charge-off (Section 4.3) cites Section 4.1: its cross-reference item quotes 4.1's text.
+    let charge_off = records
+        .iter()
+        .find(|r| {
+            r.citation.ends_with("Section 4.3 Charge-Off") && r.question_type == "cross_reference"
+        })
+        .expect("a cross-reference item for Section 4.3");
+    let hardship = &texts[&charge_off.evidence_spans[1].node_id];
+    assert!(hardship.starts_with("The Credit Union must respond to a hardship request"));
+    let index = std::fs::read_dir(out.path().join("jobs").join(job).join("lookup"))
+        .unwrap()
+        .count();
+    assert_eq!(index, 1, "one lookup index, beside the tree");
+    llm.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_report_measures_quality_and_a_rerun_after_a_crash_calls_nothing_again() {
     let llm = tests::spawn(tests::ServerConfig {
         fabricate_evidence: true,

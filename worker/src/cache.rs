@@ -22,6 +22,8 @@ pub const CACHE_PREFIX: &str = "cache/llm/";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedReply {
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::llm::ToolCall>,
     pub finish_reason: Option<String>,
     pub model: String,
     /// Tokens the original call cost (reported, not spent again).
@@ -102,6 +104,7 @@ mod tests {
         assert_eq!(cache.get(&key).await, None);
         let reply = CachedReply {
             content: "{}".into(),
+            tool_calls: Vec::new(),
             finish_reason: Some("stop".into()),
             model: "m".into(),
             prompt_tokens: 10,

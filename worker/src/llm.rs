@@ -19,6 +19,10 @@
 //! successful one is answered from the cache: no request, no rate-limit wait, no tokens spent
 //! (`usage.cached_calls` = 1).
 //!
+//! Requests may offer tools ([`ChatRequest::tools`], OpenAI's function-calling format); a reply
+//! that calls them carries [`ChatResponse::tool_calls`], and the caller answers with
+//! [`ChatMessage::tool`] messages. Which servers get tools is [`LlmConfig::tools`].
+//!
 //! Counters for calls, retries, tokens and latency are kept in [`LlmMetrics`], read with
 //! [`LlmClient::metrics`].
 
@@ -60,6 +64,33 @@ pub struct LlmConfig {
     pub retry_base_delay: Duration,
     /// Upper bound of any wait between attempts, including a server's `Retry-After`.
     pub max_retry_delay: Duration,
+    /// How the generator's lookups reach the model.
+    pub tools: ToolMode,
+}
+
+/// How the generator's lookups (cross-references, definitions, the tree) reach the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToolMode {
+    /// Offer them as tools (function calling); a server that refuses tools gets `Plain`.
+    #[default]
+    Auto,
+    /// Put the section's cross-references and defined terms, looked up, into the prompt.
+    Plain,
+    /// No lookups.
+    Off,
+}
+
+impl std::str::FromStr for ToolMode {
+    type Err = ();
+
+    fn from_str(value: &str) -> Result<Self, ()> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(ToolMode::Auto),
+            "plain" => Ok(ToolMode::Plain),
+            "off" => Ok(ToolMode::Off),
+            _ => Err(()),
+        }
+    }
 }
 
 impl fmt::Debug for LlmConfig {
@@ -74,6 +105,7 @@ impl fmt::Debug for LlmConfig {
             .field("concurrency", &self.concurrency)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("max_retry_delay", &self.max_retry_delay)
+            .field("tools", &self.tools)
             .finish()
     }
 }
@@ -111,6 +143,7 @@ impl LlmConfig {
             concurrency: 8,
             retry_base_delay: Duration::from_millis(500),
             max_retry_delay: Duration::from_secs(60),
+            tools: ToolMode::Auto,
         }
     }
 
@@ -126,7 +159,7 @@ impl LlmConfig {
     /// - Key: `PRINCIPIA_LLM_API_KEY`, else `OPENAI_API_KEY` (optional: local servers need none).
     /// - Models: `PRINCIPIA_LLM_MODEL` (required), `PRINCIPIA_LLM_JUDGE_MODEL` (optional).
     /// - Optional tuning: `PRINCIPIA_LLM_TIMEOUT_SECS`, `PRINCIPIA_LLM_MAX_RETRIES`,
-    ///   `PRINCIPIA_LLM_CONCURRENCY`.
+    ///   `PRINCIPIA_LLM_CONCURRENCY`, `PRINCIPIA_LLM_TOOLS` (`auto`, `plain` or `off`).
     ///
     /// Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, LlmConfigError> {
@@ -167,6 +200,13 @@ impl LlmConfig {
         if let Some(concurrency) = number("PRINCIPIA_LLM_CONCURRENCY")? {
             config.concurrency = usize::try_from(concurrency).unwrap_or(usize::MAX).max(1);
         }
+        if let Some(value) = get("PRINCIPIA_LLM_TOOLS") {
+            config.tools = value.parse().map_err(|()| LlmConfigError::Invalid {
+                name: "PRINCIPIA_LLM_TOOLS",
+                value,
+                expected: "tool mode (auto, plain or off)",
+            })?;
+        }
         Ok(config)
     }
 
@@ -179,32 +219,75 @@ impl LlmConfig {
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     pub content: String,
+    /// The tools an assistant message called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
-    pub fn system(content: impl Into<String>) -> Self {
+    fn with_role(role: &str, content: impl Into<String>) -> Self {
         ChatMessage {
-            role: "system".into(),
+            role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
+    }
+
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::with_role("system", content)
     }
 
     pub fn user(content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: "user".into(),
-            content: content.into(),
-        }
+        Self::with_role("user", content)
     }
 
     pub fn assistant(content: impl Into<String>) -> Self {
+        Self::with_role("assistant", content)
+    }
+
+    /// An assistant turn that called tools (as the reply carried them).
+    pub fn assistant_calls(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Self {
         ChatMessage {
-            role: "assistant".into(),
-            content: content.into(),
+            tool_calls,
+            ..Self::with_role("assistant", content)
         }
     }
+
+    /// The result of the tool call `call_id`.
+    pub fn tool(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            tool_call_id: Some(call_id.into()),
+            ..Self::with_role("tool", content)
+        }
+    }
+}
+
+/// A function call in a reply, in OpenAI's wire format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as a JSON text (as the model wrote them: they may not parse).
+    #[serde(default)]
+    pub arguments: String,
+}
+
+fn function_kind() -> String {
+    "function".into()
 }
 
 /// A structured-output constraint: `{"type":"json_schema","json_schema":{name, schema, strict}}`.
@@ -223,6 +306,10 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
     pub response_format: Option<JsonSchemaFormat>,
+    /// Tool definitions (`{"type": "function", "function": {...}}`), sent with `tool_choice`.
+    pub tools: Vec<Value>,
+    /// `auto`, `none` or `required`; sent only with tools.
+    pub tool_choice: Option<String>,
 }
 
 impl ChatRequest {
@@ -233,6 +320,8 @@ impl ChatRequest {
             temperature: None,
             max_tokens: None,
             response_format: None,
+            tools: Vec::new(),
+            tool_choice: None,
         }
     }
 
@@ -257,6 +346,12 @@ impl ChatRequest {
                 },
             });
         }
+        if !self.tools.is_empty() {
+            body["tools"] = Value::Array(self.tools.clone());
+            if let Some(choice) = &self.tool_choice {
+                body["tool_choice"] = serde_json::json!(choice);
+            }
+        }
         body
     }
 
@@ -274,6 +369,8 @@ impl ChatRequest {
 pub struct ChatResponse {
     /// The first choice's text; empty when the server sent none (null content, refusal).
     pub content: String,
+    /// The tools the reply calls (none unless the request offered tools).
+    pub tool_calls: Vec<ToolCall>,
     /// `stop`, `length`, `content_filter`, ... as the server sent it.
     pub finish_reason: Option<String>,
     /// Tokens of this call (`calls` = 1); estimated when the server reports none.
@@ -476,6 +573,7 @@ impl LlmClient {
             metrics::LLM_CACHE_HITS.inc();
             return Ok(ChatResponse {
                 content: cached.content,
+                tool_calls: cached.tool_calls,
                 finish_reason: cached.finish_reason,
                 usage: TokenUsage {
                     cached_calls: 1,
@@ -524,6 +622,7 @@ impl LlmClient {
                     if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
                         let entry = CachedReply {
                             content: response.content.clone(),
+                            tool_calls: response.tool_calls.clone(),
                             finish_reason: response.finish_reason.clone(),
                             model: response.model.clone(),
                             prompt_tokens: response.usage.prompt_tokens,
@@ -739,6 +838,8 @@ struct WireChoice {
 struct WireMessage {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[derive(Deserialize)]
@@ -762,7 +863,12 @@ fn parse_reply(request: &ChatRequest, bytes: &[u8]) -> Result<ChatResponse, Stri
         .into_iter()
         .next()
         .ok_or_else(|| "reply has no choices".to_string())?;
-    let content = choice.message.and_then(|m| m.content).unwrap_or_default();
+    let (content, tool_calls) = choice.message.map_or_else(Default::default, |m| {
+        (
+            m.content.unwrap_or_default(),
+            m.tool_calls.unwrap_or_default(),
+        )
+    });
     let reported = wire
         .usage
         .and_then(|u| Some((u.prompt_tokens?, u.completion_tokens?)));
@@ -774,6 +880,7 @@ fn parse_reply(request: &ChatRequest, bytes: &[u8]) -> Result<ChatResponse, Stri
     });
     Ok(ChatResponse {
         content,
+        tool_calls,
         finish_reason: choice.finish_reason,
         usage: TokenUsage {
             calls: 1,

@@ -25,6 +25,7 @@ use super::review::ReviewCache;
 use crate::combine;
 use crate::estimate::{UsageEstimate, estimate_shards};
 use crate::ingest;
+use crate::lookup::attach_lookup_index;
 use crate::merge::{MergeInput, dataset_version_key, merge_job};
 use crate::plan::plan_shards;
 use crate::report::{self, FailedShard, ReportInput};
@@ -793,10 +794,13 @@ impl Coordinator {
                 tree
             }
         };
-        let shards = plan_shards(&tree, id, &job.spec);
+        let mut shards = plan_shards(&tree, id, &job.spec);
         if shards.is_empty() {
             return Err("the documents contain no section with text to generate from".into());
         }
+        attach_lookup_index(self.store.as_ref(), id, &tree, &job.spec, &mut shards)
+            .await
+            .map_err(|e| format!("storing the lookup index: {e}"))?;
         let plan: HashSet<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
         self.plans
             .lock()
@@ -865,7 +869,7 @@ impl Coordinator {
                 "the documents contain no section with text to generate from".into(),
             ));
         }
-        Ok(estimate_shards(spec, &shards))
+        Ok(estimate_shards(spec, &tree, &shards))
     }
 
     /// Bring every running job's progress up to date; merge the ones whose shards are all done.
@@ -997,7 +1001,7 @@ impl Coordinator {
             failed_shards: Vec::<FailedShard>::new(),
             wall_time_ms: now_ms().saturating_sub(job.created_at_ms),
         });
-        report.estimate = Some(estimate_shards(&job.spec, &shards));
+        report.estimate = Some(estimate_shards(&job.spec, &tree, &shards));
         let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
         self.store
             .put(&report_key(&id), Bytes::from(report_json))
