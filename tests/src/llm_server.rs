@@ -16,13 +16,13 @@
 //! made malformed (`malformed_first`, `malformed_every`), carry a fabricated quote
 //! (`fabricate_evidence`) or reject (`judge_reject`, `judge_fixable`, `judge_reject_first`).
 //!
-//! Tools: a generation request that offers tools (`tools`, `tool_choice` not `none`) and lists
-//! the target section's cross-references and defined terms (`- reference: WRITTEN -> CITATION`,
-//! `- term: TERM -> CITATION` lines) gets, before any tool result is in the conversation, a reply
-//! calling `lookup_section` for each reference and `lookup_definition` for each term. Once looked
-//! up (tool results, or `<lookup>` blocks inlined in the prompt), the reply's last item is a
-//! `cross_reference` item whose evidence quotes a sentence of the target section and one of the
-//! first looked-up text. With `refuse_tools`, any request offering tools gets a 400 naming them,
+//! Lookups: once something is looked up (`<lookup>` blocks in the prompt, or tool results), a
+//! generation reply's last item is a `cross_reference` item whose evidence quotes a sentence of
+//! the target section and one of the first looked-up text. With `look_up_references`, a
+//! generation request that offers tools (`tools`, `tool_choice` not `none`) gets, before any tool
+//! result is in the conversation, a reply calling `lookup_section` for each `- reference: WRITTEN
+//! -> CITATION` line of the prompt and `lookup_definition` for each `- term: TERM -> CITATION`
+//! line, as a model that checks every listed lookup would. With `refuse_tools`, any request offering tools gets a 400 naming them,
 //! as vLLM does without a tool parser.
 //!
 //! [`RunningServer`] counts what it received by [`RequestKind`] and can record request bodies.
@@ -132,6 +132,8 @@ pub struct ServerConfig {
     pub record_requests: bool,
     /// Answer requests that offer tools with 400.
     pub refuse_tools: bool,
+    /// Call the tools for the prompt's listed references and terms; see the module docs.
+    pub look_up_references: bool,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +158,7 @@ impl Default for ServerConfig {
             omit_usage: false,
             record_requests: false,
             refuse_tools: false,
+            look_up_references: false,
         }
     }
 }
@@ -518,9 +521,12 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
     }
 
     if kind == RequestKind::Generate
+        && config.look_up_references
         && offers_tools
         && request["tool_choice"] != "none"
-        && looked_up(&request).is_empty()
+        && !request["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
     {
         let calls = tool_calls(&request);
         if !calls.is_empty() {

@@ -104,7 +104,8 @@ async fn the_estimate_matches_the_calls_and_tokens_of_a_real_run() {
         field(actual, "completion_tokens"),
     );
     eprintln!(
-        "estimate: {prompt} prompt, {completion} completion; actual: {actual_prompt} prompt, {actual_completion} completion"
+        "estimate: {} calls, {prompt} prompt, {completion} completion; actual: {actual_prompt} prompt, {actual_completion} completion",
+        field(actual, "calls")
     );
     assert!(
         within(prompt, actual_prompt, PROMPT_TOLERANCE),

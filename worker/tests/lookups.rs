@@ -1,6 +1,7 @@
-//! The openai generator's lookups against the LLM test server: tool calls answered from the
-//! job's lookup index with cross-reference items grounded in both sections, the plain fallback
-//! for a server that refuses tools, and the evidence rule (a looked-up quote alone is not enough).
+//! The openai generator's lookups against the LLM test server: the section's cross-references
+//! and defined terms in its prompt, tool calls answered from the job's lookup index, cross-reference
+//! items grounded in both sections, the plain fallback for a server that refuses tools, and the
+//! evidence rule (a looked-up quote alone is not enough).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,18 +120,22 @@ fn recording(config: ServerConfig) -> ServerConfig {
 
 #[tokio::test]
 async fn tool_calls_are_answered_from_the_index_and_ground_cross_reference_items() {
-    let server = spawn(recording(ServerConfig::default())).await;
+    let server = spawn(recording(ServerConfig {
+        look_up_references: true,
+        ..ServerConfig::default()
+    }))
+    .await;
     let (generator, _dir) = generator(&server, ToolMode::Auto).await;
     let generation = generator
         .generate(&shard(&[("s43", "Section 4.3", CHARGE_OFF)]))
         .await
         .unwrap();
 
-    // One round of tool calls (the reference and the term), then the items.
+    // The reference and the term inlined, then one round of tool calls for them, then the items.
     let stats = server.stats();
     assert_eq!(stats.tool_call_replies, 1);
     assert_eq!(server.requests_of(RequestKind::Generate), 2);
-    assert_eq!(generation.report.lookups, 2);
+    assert_eq!(generation.report.lookups, 4);
     let recorded = server.recorded();
     let first = &recorded[0].body;
     let tools: Vec<&str> = first["tools"]
@@ -153,6 +158,10 @@ async fn tool_calls_are_answered_from_the_index_and_ground_cross_reference_items
         prompt.contains("- term: Member -> Section 1.2\n"),
         "{prompt}"
     );
+    assert!(prompt.contains(&format!(
+        "<lookup citation=\"Section 4.1\">\n{HARDSHIP}\n</lookup>"
+    )));
+    assert!(prompt.contains("The tools look up anything else you need"));
     // The follow-up carries the calls and their results; the judge is offered no tools.
     let second = &recorded[1].body;
     let messages = second["messages"].as_array().unwrap();
@@ -208,7 +217,10 @@ async fn a_server_refusing_tools_gets_the_lookups_in_the_prompt_from_then_on() {
         .unwrap();
 
     assert_eq!(server.stats().tools_refused, 1, "refused once, remembered");
-    assert_eq!(first.report.lookups, 0);
+    assert_eq!(
+        first.report.lookups, 2,
+        "the reference and the term, inlined"
+    );
     let plain = server
         .recorded()
         .into_iter()
@@ -226,6 +238,7 @@ async fn a_server_refusing_tools_gets_the_lookups_in_the_prompt_from_then_on() {
     assert!(plain[0].contains(&format!(
         "<lookup citation=\"Section 1.2\">\n{DEFINITIONS}\n</lookup>"
     )));
+    assert!(!plain[0].contains("The tools"), "no tools, none mentioned");
     let item = first
         .items
         .iter()

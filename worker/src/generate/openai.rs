@@ -339,21 +339,14 @@ impl OpenAiGenerator {
                 &hints,
                 offer_tools,
             );
-            let mut session = None;
-            consulted = match (lookups, offer_tools) {
-                (Some(lookups), true) => {
-                    session = Some(ToolSession {
-                        lookups,
-                        node_id: &section.node_id,
-                        rounds: 0,
-                        calls: 0,
-                        consulted: Vec::new(),
-                    });
-                    Vec::new()
-                }
-                (Some(lookups), false) => lookups.consulted_by_hints(&hints),
-                (None, _) => Vec::new(),
-            };
+            consulted = lookups.map_or_else(Vec::new, |l| l.consulted_by_hints(&hints));
+            let mut session = lookups.filter(|_| offer_tools).map(|lookups| ToolSession {
+                lookups,
+                node_id: &section.node_id,
+                rounds: 0,
+                calls: 0,
+                consulted: Vec::new(),
+            });
             match self
                 .ask(request, &mut outcome.usage, parse_items, session.as_mut())
                 .await
@@ -363,9 +356,14 @@ impl OpenAiGenerator {
                     offer_tools = false;
                 }
                 result => {
+                    outcome.lookups += hints.0.len() as u64;
                     if let Some(session) = session {
                         outcome.lookups += session.calls;
-                        consulted.extend(session.consulted);
+                        for text in session.consulted {
+                            if !consulted.iter().any(|c| c.node_id == text.node_id) {
+                                consulted.push(text);
+                            }
+                        }
                     }
                     break result;
                 }
@@ -425,7 +423,7 @@ impl OpenAiGenerator {
         hints: &SectionHints,
         offer_tools: bool,
     ) -> ChatRequest {
-        let listed = lookups.map_or_else(String::new, |l| l.render_hints(hints, !offer_tools));
+        let listed = lookups.map_or_else(String::new, |l| l.render_hints(hints, offer_tools));
         let prompt = generation_prompt(spec, plan, number, section, &listed);
         let (model, _) = self.models(spec);
         let mut request = ChatRequest::new(
@@ -867,8 +865,8 @@ pub const ESTIMATED_ITEM_REPLY_BYTES: usize = 460;
 pub const ESTIMATED_CANDIDATE_PROMPT_BYTES: usize = 560;
 /// Bytes of one verdict in a judge reply (index, five scores, verdict, fixable, reason).
 pub const ESTIMATED_VERDICT_REPLY_BYTES: usize = 200;
-/// Bytes of one tool call, in the reply that makes it and in the conversation after it.
-pub const ESTIMATED_TOOL_CALL_BYTES: usize = 120;
+/// Bytes around a looked-up text in the judge prompt (its heading and `<lookup>` tags).
+const ESTIMATED_LOOKUP_BLOCK_BYTES: usize = 120;
 /// Bytes of a reply's envelope (`{"items": []}`, `{"verdicts": []}`).
 const ESTIMATED_REPLY_ENVELOPE_BYTES: usize = 16;
 
@@ -897,10 +895,10 @@ pub struct ShardEstimate {
 /// [`proto::shard::approx_tokens`], which the LLM client falls back to when a server reports no
 /// usage (real tokenizers differ by model; see BENCHMARKS.md).
 ///
-/// With `lookups` (the job's index; tools offered, as [`ToolMode::Auto`] does), a section with
-/// cross-references or defined terms is expected to look each of them up in one round: one more
-/// call, whose prompt adds the tool results (rendered exactly) and [`ESTIMATED_TOOL_CALL_BYTES`]
-/// per call, and whose judge call shows the first looked-up text.
+/// With `lookups` (the job's index, as [`ToolMode::Auto`] uses it), the section's cross-references
+/// and defined terms are rendered into its prompt exactly, and its judge call is expected to
+/// show the first of them (an item quoting it); further tool calls a model makes are not
+/// foreseen.
 ///
 /// The estimate assumes the judge accepts every candidate and no reply needs a repair: a refine
 /// round adds two calls to a section, a repair one.
@@ -922,7 +920,7 @@ pub fn estimate_shard(shard: &ShardMessage, lookups: Option<&Lookups>) -> ShardE
         let hints = lookups
             .map(|l| l.hints(&section.node_id))
             .unwrap_or_default();
-        let listed = lookups.map_or_else(String::new, |l| l.render_hints(&hints, false));
+        let listed = lookups.map_or_else(String::new, |l| l.render_hints(&hints, true));
         let generation = generation_prompt(spec, &plan, &number, section, &listed);
         let judge = render(
             JUDGE_TEMPLATE,
@@ -936,21 +934,8 @@ pub fn estimate_shard(shard: &ShardMessage, lookups: Option<&Lookups>) -> ShardE
         let tokens = |bytes: usize| bytes.div_ceil(4) as u64;
         let mut judge_bytes =
             context.len() + judge.len() + target * ESTIMATED_CANDIDATE_PROMPT_BYTES;
-        if let Some(lookups) = lookups.filter(|_| !hints.0.is_empty()) {
-            let answers: Vec<(String, Vec<Consulted>)> = hints
-                .0
-                .iter()
-                .map(|hint| lookups.look_up(&section.node_id, hint))
-                .collect();
-            let calls_bytes = hints.0.len() * ESTIMATED_TOOL_CALL_BYTES;
-            let results: usize = answers.iter().map(|(result, _)| result.len()).sum();
-            estimate.calls += 1;
-            estimate.prompt_tokens +=
-                tokens(context.len() + generation.len() + calls_bytes + results);
-            estimate.completion_tokens += tokens(calls_bytes);
-            if let Some(first) = answers.iter().flat_map(|(_, shown)| shown).next() {
-                judge_bytes += first.text.len().min(MAX_LOOKUP_BYTES) + 120;
-            }
+        if let Some(first) = lookups.and_then(|l| l.consulted_by_hints(&hints).into_iter().next()) {
+            judge_bytes += first.text.len().min(MAX_LOOKUP_BYTES) + ESTIMATED_LOOKUP_BLOCK_BYTES;
         }
         estimate.sections += 1;
         estimate.planned_items += u64::from(plan.target);
