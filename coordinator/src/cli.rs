@@ -325,8 +325,9 @@ pub struct LlmArgs {
     /// Retries of a failed LLM request (429, 5xx, timeouts).
     #[arg(long, default_value_t = 5, env = "PRINCIPIA_LLM_MAX_RETRIES")]
     llm_max_retries: u32,
-    /// How generation looks up cross-references, definitions and the tree: `auto` (tools, or
-    /// `plain` when the server refuses them), `plain` (looked up in advance, in the prompt) or `off`.
+    /// Lookups of cross-references, definitions and the tree: `auto` (the section's own looked up
+    /// into its prompt, tools for anything else; `plain` when the server refuses tools), `plain`
+    /// (the prompt part only) or `off`.
     #[arg(long, default_value = "auto", env = "PRINCIPIA_LLM_TOOLS", value_parser = tool_mode)]
     llm_tools: ToolMode,
     /// Requests per minute to the LLM endpoint, shared by every worker of the fleet (unlimited).

@@ -71,7 +71,8 @@ pub struct LlmConfig {
 /// How the generator's lookups (cross-references, definitions, the tree) reach the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ToolMode {
-    /// Offer them as tools (function calling); a server that refuses tools gets `Plain`.
+    /// `Plain`, and tools (function calling) for anything else; a server that refuses tools gets
+    /// `Plain`.
     #[default]
     Auto,
     /// Put the section's cross-references and defined terms, looked up, into the prompt.

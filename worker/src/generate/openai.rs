@@ -28,13 +28,13 @@
 //!
 //! **Lookups.** When the shard names a lookup index ([`ShardMessage::lookup`], built at ingest)
 //! and the generator was given the store it lives on ([`OpenAiGenerator::with_lookups`]), the
-//! generation call offers the [`tools`] (a section by citation, a definition, a section's
-//! ancestors and siblings), lists the target section's cross-references and the defined terms it
-//! uses, and answers up to [`MAX_TOOL_ROUNDS`] rounds of tool calls before the model must reply.
-//! A server that refuses tools (a 4xx naming them: vLLM without a tool parser, llama.cpp without
-//! `--jinja`, an Ollama model without tool support) gets the plain fallback from then on: the
-//! same cross-references and definitions, looked up in advance, inside the prompt
-//! ([`ToolMode::Plain`] asks for it from the start, [`ToolMode::Off`] for no lookups). Evidence
+//! generation prompt carries the target section's cross-references and the definitions of the
+//! terms it uses, looked up ([`tools`]), and the call offers the tools (a section by citation, a
+//! definition, a section's ancestors and siblings) for anything else, answering up to
+//! [`MAX_TOOL_ROUNDS`] rounds of tool calls before the model must reply. A server that refuses
+//! tools (a 4xx naming them: vLLM without a tool parser, llama.cpp without `--jinja`, an Ollama
+//! model without tool support) gets no tools from then on, only the looked-up text
+//! ([`ToolMode::Plain`] asks for that from the start, [`ToolMode::Off`] for no lookups). Evidence
 //! may quote the texts a lookup showed (stored with their own node and offsets) besides the
 //! target section, which at least one quote must come from; the judge sees those texts too.
 //!

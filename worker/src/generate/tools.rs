@@ -1,6 +1,6 @@
-//! The generator's lookups: the principle tree, cross-references and definitions of the job's
-//! lookup index ([`proto::lookup`]), as OpenAI tools or, for a server without function calling,
-//! looked up in advance and put into the prompt.
+//! The generator's lookups in the job's lookup index ([`proto::lookup`]): the principle tree,
+//! cross-references and definitions. A section's own cross-references and defined terms are looked
+//! up in advance and put into its prompt; OpenAI tools answer anything else.
 //!
 //! Three tools, all answered from the index in memory:
 //!
@@ -242,30 +242,28 @@ impl Lookups {
                 )),
             }
         }
-        {
-            for hint in &hints.0 {
-                let (citation, text) = match hint {
-                    Hint::Reference { target, .. } => {
-                        let node = self.node(*target);
-                        (
-                            node.citation.as_str(),
-                            shorten(&node.text, MAX_LOOKUP_BYTES),
-                        )
-                    }
-                    Hint::Term { definition, .. } => {
-                        let definition = &self.index.definitions[*definition];
-                        (
-                            self.node(definition.node).citation.as_str(),
-                            self.index.definition_text(definition),
-                        )
-                    }
-                };
-                out.push_str(&format!(
-                    "<lookup citation=\"{}\">\n{}\n</lookup>\n",
-                    citation.replace('"', "'"),
-                    text.replace("</lookup>", "<\\/lookup>")
-                ));
-            }
+        for hint in &hints.0 {
+            let (citation, text) = match hint {
+                Hint::Reference { target, .. } => {
+                    let node = self.node(*target);
+                    (
+                        node.citation.as_str(),
+                        shorten(&node.text, MAX_LOOKUP_BYTES),
+                    )
+                }
+                Hint::Term { definition, .. } => {
+                    let definition = &self.index.definitions[*definition];
+                    (
+                        self.node(definition.node).citation.as_str(),
+                        self.index.definition_text(definition),
+                    )
+                }
+            };
+            out.push_str(&format!(
+                "<lookup citation=\"{}\">\n{}\n</lookup>\n",
+                citation.replace('"', "'"),
+                text.replace("</lookup>", "<\\/lookup>")
+            ));
         }
         if tools {
             out.push_str(TOOLS);
