@@ -565,27 +565,14 @@ fn completion(
     finish_reason: &str,
     prompt_bytes: usize,
 ) -> Response {
-    let mut body = json!({
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "finish_reason": finish_reason,
-        }],
-    });
-    if !config.omit_usage {
-        let prompt = prompt_bytes.div_ceil(4);
-        let completion = content.len().div_ceil(4);
-        body["usage"] = json!({
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        });
-    }
-    axum::Json(body).into_response()
+    let message = json!({"role": "assistant", "content": content});
+    chat_completion(
+        config,
+        model,
+        message,
+        finish_reason,
+        (prompt_bytes, content.len()),
+    )
 }
 
 /// A reply calling `calls` (`finish_reason = tool_calls`, no content).
@@ -596,16 +583,30 @@ fn tool_call_completion(
     prompt_bytes: usize,
 ) -> Response {
     let completion_bytes = Value::Array(calls.clone()).to_string().len();
+    let message = json!({"role": "assistant", "content": null, "tool_calls": calls});
+    chat_completion(
+        config,
+        model,
+        message,
+        "tool_calls",
+        (prompt_bytes, completion_bytes),
+    )
+}
+
+/// A chat completion with one choice, and usage from `(prompt, completion)` bytes.
+fn chat_completion(
+    config: &ServerConfig,
+    model: &str,
+    message: Value,
+    finish_reason: &str,
+    (prompt_bytes, completion_bytes): (usize, usize),
+) -> Response {
     let mut body = json!({
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 0,
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": null, "tool_calls": calls},
-            "finish_reason": "tool_calls",
-        }],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
     });
     if !config.omit_usage {
         let prompt = prompt_bytes.div_ceil(4);
