@@ -93,6 +93,24 @@ async fn regenerating_after_a_section_edit_calls_the_llm_only_for_the_changed_sh
         }
     }
     assert!(sections.len() > 3, "{sections:?}");
+    // Items that quote a section or definition the generator looked up name it in their
+    // evidence (the review page shows them under the answer).
+    let mut quoting_lookups = 0;
+    for section in &sections {
+        let view = api.get(&format!("/sections/{section}")).await;
+        for item in view["items"].as_array().unwrap() {
+            for evidence in item["evidence"].as_array().unwrap() {
+                if evidence["node_id"] != item["node_id"] {
+                    quoting_lookups += 1;
+                    assert!(evidence["citation"].is_string(), "{evidence}");
+                    assert!(evidence["char_start"].is_null(), "{evidence}");
+                } else {
+                    assert!(evidence["citation"].is_null(), "{evidence}");
+                }
+            }
+        }
+    }
+    assert!(quoting_lookups > 0);
     let edited = &sections[0];
     let kept = &sections[sections.len() - 1];
     let kept_section = api.get(&format!("/sections/{kept}")).await;

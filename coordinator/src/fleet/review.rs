@@ -292,6 +292,9 @@ pub struct EvidenceView {
     pub quote: String,
     /// Node the offsets refer to.
     pub node_id: String,
+    /// Citation of that node when it is not the item's own section (a section or definition the
+    /// generator looked up).
+    pub citation: Option<String>,
     /// Byte offsets into the section's UTF-8 text, as generation stored them.
     pub start: u64,
     pub end: u64,
@@ -695,6 +698,7 @@ impl Coordinator {
     }
 
     fn item_view(
+        tree: &TreeView,
         record: &Record,
         review: Option<&ReviewRecord>,
         text: Option<(&str, &str)>,
@@ -734,8 +738,13 @@ impl Coordinator {
                     (Some((s, e)), Some((_, text))) => (char_offset(text, s), char_offset(text, e)),
                     _ => (None, None),
                 };
+                let citation = (span_node != record.node_id)
+                    .then(|| tree.by_id.get(&span_node))
+                    .flatten()
+                    .map(|&i| tree.nodes[i].citation.clone());
                 EvidenceView {
                     quote: quote.clone(),
+                    citation,
                     node_id: span_node,
                     start,
                     end,
@@ -815,6 +824,7 @@ impl Coordinator {
             .take(limit)
             .map(|r| {
                 Self::item_view(
+                    &context.tree,
                     r,
                     reviews.get(&r.record_id),
                     Some((node.id.as_str(), node.content.as_str())),
@@ -854,6 +864,7 @@ impl Coordinator {
         let reviews = guard.as_ref().expect("reviews loaded");
         let node = context.tree.node_of(record).map(|i| &context.tree.nodes[i]);
         Ok(Self::item_view(
+            &context.tree,
             record,
             reviews.get(record_id),
             node.map(|n| (n.id.as_str(), n.content.as_str())),
@@ -954,6 +965,7 @@ impl Coordinator {
         }
         let node = context.tree.node_of(record).map(|i| &context.tree.nodes[i]);
         Ok(Self::item_view(
+            &context.tree,
             record,
             reviews.get(record_id),
             node.map(|n| (n.id.as_str(), n.content.as_str())),

@@ -317,6 +317,9 @@
     li.append(
       el("p", { class: "q", text: item.question }),
       el("p", { class: "a", text: item.answer }));
+    for (const e of item.evidence) {
+      if (e.citation) li.append(el("p", { class: "lookup", text: "Also quotes " + e.citation + ": \u201c" + e.quote + "\u201d" }));
+    }
     const meta = el("div", { class: "meta" },
       el("span", { class: "badge " + (item.status === "approved" ? "ok" : item.status === "rejected" ? "bad" : ""), text: item.status }),
       el("span", { text: item.question_type }));
