@@ -28,7 +28,8 @@ pub struct PrincipleNode {
     /// The section's own text, without its children's.
     #[serde(default)]
     pub content: String,
-    /// How a person cites the section: `21 U.S.C. 361`, `1 CFR 1.1`, or a heading path.
+    /// How a person cites the section: `21 U.S.C. 361`, `1 CFR 1.1`, `Section 2.1 of Policy`, or a
+    /// heading path.
     #[serde(default)]
     pub citation: String,
     /// Kind of division (`title`, `chapter`, `part`, `section`, `heading`, ...).

@@ -6,10 +6,16 @@
 //! it as its root; otherwise the root is named after the file. Skipped heading levels are
 //! normalised (the deeper heading becomes a child of the nearest shallower one) with a warning,
 //! as SeekrFlow only warns there.
+//!
+//! Citations: a heading that designates itself (`Section 2.1 ...`, `Article IV ...`, `Part 2.
+//! ...`, `§ 3 ...`, or a multi-level number `2.1 ...`) is cited as a person cites it, `Section 2.1
+//! of <document title>`; any other heading by its path from the root, `Title > Part > Heading`.
 
 use std::path::Path;
+use std::sync::LazyLock;
 
 use proto::{PrincipleNode, PrincipleTree};
+use regex::Regex;
 
 use super::heuristics::{self, Block, Found};
 use super::{IngestError, Ingested, file_stem};
@@ -88,7 +94,10 @@ pub(super) fn build(
             });
         }
         let mut node = PrincipleNode::new(section.label, "heading");
-        node.citation = format!("{} > {}", parent.citation, node.label);
+        node.citation = match designation(&node.label) {
+            Some(designation) => format!("{designation} of {}", root.label),
+            None => format!("{} > {}", parent.citation, node.label),
+        };
         node.content = section.content;
         open.push((section.level, node));
     }
@@ -205,6 +214,24 @@ fn close(root: &mut PrincipleNode, open: &mut Vec<(usize, PrincipleNode)>, level
     }
 }
 
+static DESIGNATION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)^(?:(section|sec\.|article|art\.|part|chapter|rule|clause|principle|§)\s*([0-9]+[a-z]*(?:[.\-][0-9a-z]+)*|[ivxlc]+\b)|([0-9]+(?:\.[0-9]+)+)\b)",
+    )
+    .expect("valid regex")
+});
+
+/// How a heading designates itself, if it does: `Section 2.1`, `Article IV`, `§ 3`, and a bare
+/// multi-level number as `Section 2.1` (a bare `2.` is a list's own numbering, not a citation).
+fn designation(label: &str) -> Option<String> {
+    let captures = DESIGNATION.captures(label.trim())?;
+    Some(match (captures.get(1), captures.get(2), captures.get(3)) {
+        (Some(word), Some(number), _) => format!("{} {}", word.as_str(), number.as_str()),
+        (_, _, Some(number)) => format!("Section {}", number.as_str()),
+        _ => return None,
+    })
+}
+
 /// Two blocks of text separated by a blank line, either of which may be empty.
 pub(super) fn join_blocks(first: String, second: String) -> String {
     match (first.is_empty(), second.is_empty()) {
@@ -235,6 +262,35 @@ mod tests {
         assert_eq!(root.label, "T");
         assert_eq!(root.children[0].children[0].citation, "T > A > A.1");
         assert!(ingested.warnings.is_empty());
+    }
+
+    #[test]
+    fn headings_that_designate_themselves_are_cited_by_it() {
+        let sections = vec![
+            section(1, "Policy"),
+            section(2, "Part 2. Loan Approval"),
+            section(3, "Section 2.1 Authority"),
+            section(3, "2.2 Ability to Repay"),
+            section(3, "2. Warning"),
+            section(2, "Article IV"),
+            section(2, "§ 3 Scope"),
+        ];
+        let tree = build(Path::new("p.md"), String::new(), sections)
+            .unwrap()
+            .tree;
+        let citations: Vec<&str> = tree.nodes().iter().map(|n| n.citation.as_str()).collect();
+        assert_eq!(
+            citations,
+            [
+                "Policy",
+                "Part 2 of Policy",
+                "Section 2.1 of Policy",
+                "Section 2.2 of Policy",
+                "Part 2 of Policy > 2. Warning",
+                "Article IV of Policy",
+                "§ 3 of Policy",
+            ]
+        );
     }
 
     #[test]

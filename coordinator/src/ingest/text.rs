@@ -64,10 +64,7 @@ mod tests {
         let part = &root.children[0];
         assert_eq!(part.label, "PART 1 General");
         assert_eq!(part.children[0].content, "The purpose.\nSecond line.");
-        assert_eq!(
-            part.children[1].citation,
-            "Harbor Policy > PART 1 General > Section 1.2 Scope"
-        );
+        assert_eq!(part.children[1].citation, "Section 1.2 of Harbor Policy");
     }
 
     #[test]

@@ -900,7 +900,8 @@ fn push_sentence(text: &str, start: usize, end: usize, out: &mut Vec<(usize, usi
 // Citations and headings
 // ---------------------------------------------------------------------------------------------
 
-/// `21 U.S.C. 364a` + `(b)(1)` → `21 U.S.C. 364a(b)(1)`.
+/// `21 U.S.C. 364a` + `(b)(1)` → `21 U.S.C. 364a(b)(1)`; `Section 2.1 of Policy` + `(a)` →
+/// `Section 2.1(a) of Policy`.
 fn cite(citation: &str, path: &str) -> String {
     let citation = citation.trim();
     let base = if citation.is_empty() {
@@ -908,12 +909,18 @@ fn cite(citation: &str, path: &str) -> String {
     } else {
         citation
     };
+    let numbered = |s: &str| {
+        s.ends_with(|c: char| c.is_ascii_alphanumeric()) && s.contains(|c: char| c.is_ascii_digit())
+    };
     if path.is_empty() {
         base.to_string()
-    } else if base.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && base.contains(|c: char| c.is_ascii_digit())
-    {
+    } else if numbered(base) && !base.contains(" of ") {
         format!("{base}{path}")
+    } else if let Some((designation, document)) = base.split_once(" of ")
+        && numbered(designation)
+        && !designation.contains(" > ")
+    {
+        format!("{designation}{path} of {document}")
     } else {
         format!("{base}, paragraph {path}")
     }
@@ -2395,5 +2402,23 @@ mod tests {
         assert_eq!(select_diverse(&types, 3), vec![0, 3, 4]);
         assert_eq!(select_diverse(&types, 4), vec![0, 1, 3, 4]);
         assert_eq!(select_diverse(&types, 9), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn paragraphs_are_cited_inside_the_designation() {
+        assert_eq!(cite("21 U.S.C. 364a", "(b)(1)"), "21 U.S.C. 364a(b)(1)");
+        assert_eq!(
+            cite("Section 2.1 of Harbor Policy", "(a)"),
+            "Section 2.1(a) of Harbor Policy"
+        );
+        assert_eq!(
+            cite("Policy > Scope", "(a)"),
+            "Policy > Scope, paragraph (a)"
+        );
+        assert_eq!(
+            cite("Section 2.1 of Harbor Policy", ""),
+            "Section 2.1 of Harbor Policy"
+        );
+        assert_eq!(cite("", "(a)"), "this section, paragraph (a)");
     }
 }
