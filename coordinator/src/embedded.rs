@@ -23,7 +23,7 @@ use worker::store::{LocalStore, ObjectStore, StoreError};
 
 use crate::estimate::estimate_shards;
 use crate::ingest::{self, Format, IngestError};
-use crate::lookup::attach_lookup_index;
+use crate::lookup::link_lookups;
 use crate::merge::{MergeError, MergeInput, merge_job};
 use crate::plan::plan_shards;
 use crate::progress::Progress;
@@ -95,7 +95,9 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
     if shards.is_empty() {
         return Err(RunError::NothingToDo);
     }
-    attach_lookup_index(store.as_ref(), &job_id, &tree, &spec, &mut shards).await?;
+    if let Some(lookups) = link_lookups(&job_id, &tree, &spec, &mut shards) {
+        lookups.store(store.as_ref()).await?;
+    }
     let estimate = estimate_shards(&spec, &tree, &shards);
     tracing::info!(%job_id, shards = shards.len(), sections = tree.generation_units().len(), calls = estimate.calls, "job planned");
     let tree_json = serde_json::to_vec(&tree).expect("tree serializes");

@@ -21,6 +21,7 @@ use proto::lookup::{
 };
 use proto::{GeneratorKind, JobSpec, PrincipleTree, ShardMessage};
 use regex::Regex;
+use worker::generate::tools::Lookups;
 use worker::store::{ObjectStore, StoreError};
 
 /// Longest defining passage kept.
@@ -32,28 +33,50 @@ pub fn lookup_key(job_id: &str, tree: &PrincipleTree) -> String {
     format!("jobs/{job_id}/lookup/{}.json", tree.fingerprint())
 }
 
-/// Build and store the lookup index when the job's generator uses it, and name it in `shards`.
-pub async fn attach_lookup_index(
-    store: &dyn ObjectStore,
+/// A job's lookup index and where it is stored.
+pub struct JobLookups {
+    pub key: String,
+    pub index: LookupIndex,
+}
+
+impl JobLookups {
+    /// Write the index, unless it is there (its content is a function of the tree, so a
+    /// concurrent writer writes the same bytes).
+    pub async fn store(&self, store: &dyn ObjectStore) -> Result<(), StoreError> {
+        if !store.exists(&self.key).await? {
+            let json = serde_json::to_vec(&self.index).expect("lookup index serializes");
+            store.put_if_absent(&self.key, Bytes::from(json)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// For a job whose generator looks things up (`openai`): build the tree's lookup index and name
+/// it in every shard, with the nodes its sections' lookups show (the shard ids follow, so that
+/// editing a cited section or a definition regenerates the shards that quote it). Store the
+/// returned index before publishing the shards.
+pub fn link_lookups(
     job_id: &str,
     tree: &PrincipleTree,
     spec: &JobSpec,
     shards: &mut [ShardMessage],
-) -> Result<(), StoreError> {
+) -> Option<JobLookups> {
     if spec.generator.kind != GeneratorKind::Openai || shards.is_empty() {
-        return Ok(());
+        return None;
     }
     let key = lookup_key(job_id, tree);
-    if !store.exists(&key).await? {
-        let index = build_lookup_index(tree);
-        let json = serde_json::to_vec(&index).expect("lookup index serializes");
-        // The content is a function of the tree, so a concurrent writer writes the same bytes.
-        store.put_if_absent(&key, Bytes::from(json)).await?;
+    let index = build_lookup_index(tree);
+    let lookups = Lookups::new(index.clone());
+    for shard in shards.iter_mut() {
+        let looked_up = shard
+            .sections
+            .iter()
+            .flat_map(|section| lookups.consulted_by_hints(&lookups.hints(&section.node_id)))
+            .map(|consulted| consulted.node_id)
+            .collect();
+        shard.set_lookup(key.clone(), looked_up);
     }
-    for shard in shards {
-        shard.lookup = Some(key.clone());
-    }
-    Ok(())
+    Some(JobLookups { key, index })
 }
 
 /// The lookup index of `tree`; see the module docs.
@@ -343,6 +366,63 @@ mod tests {
         assert_eq!(
             index.nodes[officer.node as usize].label,
             "Section 1.2 Definitions"
+        );
+    }
+
+    #[test]
+    fn editing_a_definition_changes_the_ids_of_the_shards_that_look_it_up() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/harbor-lending-policy.md");
+        let tree = ingest::read_files(&[path], None).expect("example").tree;
+        let mut spec = JobSpec::extractive("A lending assistant.");
+        spec.generator.kind = GeneratorKind::Openai;
+        spec.shard_token_budget = 1; // one section a shard
+        let plan = |tree: &PrincipleTree| {
+            let mut shards = crate::plan::plan_shards(tree, "job", &spec);
+            let lookups = link_lookups("job", tree, &spec, &mut shards).expect("openai");
+            assert!(
+                shards
+                    .iter()
+                    .all(|s| s.lookup.as_deref() == Some(lookups.key.as_str()))
+            );
+            shards
+                .into_iter()
+                .map(|s| (s.sections[0].section_path.last().unwrap().clone(), s))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let before = plan(&tree);
+        let mut edited = tree.clone();
+        let definitions = edited.root.children[0]
+            .children
+            .iter_mut()
+            .find(|n| n.label == "Section 1.2 Definitions")
+            .unwrap();
+        definitions.content = definitions.content.replace(
+            "a natural person who holds",
+            "a person or business that holds",
+        );
+        edited.assign_ids();
+        let after = plan(&edited);
+        let changed: Vec<&str> = before
+            .iter()
+            .filter(|(label, shard)| after[*label].shard_id != shard.shard_id)
+            .map(|(label, _)| label.as_str())
+            .collect();
+        // The definitions' own shard, and those of sections using "member" (none defines it).
+        assert!(changed.contains(&"Section 1.2 Definitions"), "{changed:?}");
+        assert!(
+            changed.contains(&"Section 4.2 Collection Practices"),
+            "{changed:?}"
+        );
+        // Fees never say "member", "consumer loan" or another defined term: same id.
+        assert!(!changed.contains(&"Section 3.3 Fees"), "{changed:?}");
+        let fees = &after["Section 3.3 Fees"];
+        assert!(fees.looked_up.is_empty(), "{:?}", fees.looked_up);
+        let shard =
+            proto::ShardMessage::from_json(&after["Section 4.2 Collection Practices"].to_json());
+        assert!(
+            shard.is_ok(),
+            "the id checks out on the wire with its looked-up nodes"
         );
     }
 

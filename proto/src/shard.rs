@@ -2,7 +2,9 @@
 //!
 //! A shard is a set of whole sections from one subtree, each with the labels of its ancestors, and
 //! the job specification needed to process them. A shard's id is derived from the job's
-//! fingerprint and the sections' ids and text, so a re-run finds the shards it already finished.
+//! fingerprint, the sections' ids and text and the ids of the nodes their lookups show, so a
+//! re-run finds the shards it already finished, and editing a section regenerates the shards
+//! that quote it as well as its own.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +35,15 @@ pub struct ShardMessage {
     /// part of the shard id (the index is a function of the tree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookup: Option<String>,
+    /// Ids of the nodes the sections' lookups show (the sections they cite, the definitions of
+    /// the terms they use), sorted; part of the shard id, since node ids follow text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub looked_up: Vec<String>,
 }
 
 impl ShardMessage {
     pub fn new(job_id: String, spec: JobSpec, sections: Vec<ShardSection>) -> Self {
-        let shard_id = shard_id(&spec.fingerprint(), &sections);
+        let shard_id = shard_id(&spec.fingerprint(), &sections, &[]);
         ShardMessage {
             version: SHARD_MESSAGE_VERSION,
             job_id,
@@ -45,7 +51,17 @@ impl ShardMessage {
             spec,
             sections,
             lookup: None,
+            looked_up: Vec::new(),
         }
+    }
+
+    /// Name the job's lookup index and the nodes the sections' lookups show; the id follows.
+    pub fn set_lookup(&mut self, key: String, mut looked_up: Vec<String>) {
+        looked_up.sort();
+        looked_up.dedup();
+        self.shard_id = shard_id(&self.spec.fingerprint(), &self.sections, &looked_up);
+        self.lookup = Some(key);
+        self.looked_up = looked_up;
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -58,7 +74,11 @@ impl ShardMessage {
         if message.version != SHARD_MESSAGE_VERSION {
             return Err(ShardDecodeError::Version(message.version));
         }
-        let expected = shard_id(&message.spec.fingerprint(), &message.sections);
+        let expected = shard_id(
+            &message.spec.fingerprint(),
+            &message.sections,
+            &message.looked_up,
+        );
         if message.shard_id != expected {
             return Err(ShardDecodeError::IdMismatch {
                 claimed: message.shard_id,
@@ -89,12 +109,17 @@ pub enum ShardDecodeError {
     Empty,
 }
 
-/// Deterministic shard id from the job fingerprint and the sections' ids and text.
-pub fn shard_id(job_fingerprint: &str, sections: &[ShardSection]) -> String {
+/// Deterministic shard id from the job fingerprint, the sections' ids and text, and the ids of
+/// the nodes their lookups show (none: the id of a shard without lookups).
+pub fn shard_id(job_fingerprint: &str, sections: &[ShardSection], looked_up: &[String]) -> String {
     let mut parts: Vec<&[u8]> = vec![b"shard", job_fingerprint.as_bytes()];
     for section in sections {
         parts.push(section.node_id.as_bytes());
         parts.push(section.text.as_bytes());
+    }
+    if !looked_up.is_empty() {
+        parts.push(b"looked-up");
+        parts.extend(looked_up.iter().map(|id| id.as_bytes()));
     }
     format!("sh-{}", digest(&parts, 24))
 }

@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 
 use super::records::*;
 use super::service::{Coordinator, ServiceError};
+use crate::lookup::link_lookups;
 use crate::plan::plan_shards;
 
 /// Items or tree nodes per page at most.
@@ -1057,7 +1058,9 @@ impl Coordinator {
             )));
         }
         let tree = self.stored_tree(id, job.tree_version).await?;
-        let shards = plan_shards(&tree, id, &job.spec);
+        let mut shards = plan_shards(&tree, id, &job.spec);
+        // The ids the shards will be published with (the index is stored when they are).
+        link_lookups(id, &tree, &job.spec, &mut shards);
         let parts: HashSet<String> = self
             .store
             .list(&format!("jobs/{id}/parts/"))

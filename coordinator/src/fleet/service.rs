@@ -25,7 +25,7 @@ use super::review::ReviewCache;
 use crate::combine;
 use crate::estimate::{UsageEstimate, estimate_shards};
 use crate::ingest;
-use crate::lookup::attach_lookup_index;
+use crate::lookup::link_lookups;
 use crate::merge::{MergeInput, dataset_version_key, merge_job};
 use crate::plan::plan_shards;
 use crate::report::{self, FailedShard, ReportInput};
@@ -798,9 +798,12 @@ impl Coordinator {
         if shards.is_empty() {
             return Err("the documents contain no section with text to generate from".into());
         }
-        attach_lookup_index(self.store.as_ref(), id, &tree, &job.spec, &mut shards)
-            .await
-            .map_err(|e| format!("storing the lookup index: {e}"))?;
+        if let Some(lookups) = link_lookups(id, &tree, &job.spec, &mut shards) {
+            lookups
+                .store(self.store.as_ref())
+                .await
+                .map_err(|e| format!("storing the lookup index: {e}"))?;
+        }
         let plan: HashSet<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
         self.plans
             .lock()
