@@ -9,7 +9,8 @@
 //!
 //! Citations: a heading that designates itself (`Section 2.1 ...`, `Article IV ...`, `Part 2.
 //! ...`, `§ 3 ...`, or a multi-level number `2.1 ...`) is cited as a person cites it, `Section 2.1
-//! of <document title>`; any other heading by its path from the root, `Title > Part > Heading`.
+//! of the <document title>`; any other heading by its path from the root, `Title > Part >
+//! Heading`.
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -95,7 +96,7 @@ pub(super) fn build(
         }
         let mut node = PrincipleNode::new(section.label, "heading");
         node.citation = match designation(&node.label) {
-            Some(designation) => format!("{designation} of {}", root.label),
+            Some(designation) => format!("{designation} of {}", with_article(&root.label)),
             None => format!("{} > {}", parent.citation, node.label),
         };
         node.content = section.content;
@@ -232,6 +233,16 @@ fn designation(label: &str) -> Option<String> {
     })
 }
 
+/// A document title as it follows "of": `the Harbor Lending Policy`, `The Act` unchanged.
+fn with_article(title: &str) -> String {
+    let lower = title.to_lowercase();
+    if lower.starts_with("the ") || lower.starts_with("a ") || lower.starts_with("an ") {
+        title.to_string()
+    } else {
+        format!("the {title}")
+    }
+}
+
 /// Two blocks of text separated by a blank line, either of which may be empty.
 pub(super) fn join_blocks(first: String, second: String) -> String {
     match (first.is_empty(), second.is_empty()) {
@@ -283,12 +294,12 @@ mod tests {
             citations,
             [
                 "Policy",
-                "Part 2 of Policy",
-                "Section 2.1 of Policy",
-                "Section 2.2 of Policy",
-                "Part 2 of Policy > 2. Warning",
-                "Article IV of Policy",
-                "§ 3 of Policy",
+                "Part 2 of the Policy",
+                "Section 2.1 of the Policy",
+                "Section 2.2 of the Policy",
+                "Part 2 of the Policy > 2. Warning",
+                "Article IV of the Policy",
+                "§ 3 of the Policy",
             ]
         );
     }

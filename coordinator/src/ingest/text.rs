@@ -64,7 +64,10 @@ mod tests {
         let part = &root.children[0];
         assert_eq!(part.label, "PART 1 General");
         assert_eq!(part.children[0].content, "The purpose.\nSecond line.");
-        assert_eq!(part.children[1].citation, "Section 1.2 of Harbor Policy");
+        assert_eq!(
+            part.children[1].citation,
+            "Section 1.2 of the Harbor Policy"
+        );
     }
 
     #[test]
