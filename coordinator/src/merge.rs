@@ -1,10 +1,12 @@
 //! Merging a job's parts into its dataset.
 //!
-//! Parts are read in plan order, near-identical questions across shards are removed (counted as
-//! duplicates), and the dataset and its manifest are written with create-only puts: a merge that
-//! runs twice (a restarted coordinator) finds the first result in place.
+//! Parts are read in plan order (fetched [`PART_FETCH_CONCURRENCY`] at a time), near-identical
+//! questions across shards are removed (counted as duplicates), and the dataset and its manifest
+//! are written with create-only puts: a merge that runs twice (a restarted coordinator) finds the
+//! first result in place.
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use proto::dataset::{decode_parquet, encode_parquet};
 use proto::hash::digest;
 use proto::{DatasetError, Record, ShardReport};
@@ -12,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use worker::dedup::NearDuplicates;
 use worker::process::{SHARD_REPORT_KEY, part_key};
 use worker::store::{ObjectStore, StoreError};
+
+/// Parts fetched from the store at once during a merge: one request's latency is paid per
+/// batch, not per part, while at most this many parts are held before they are decoded.
+const PART_FETCH_CONCURRENCY: usize = 16;
 
 pub fn dataset_key(job_id: &str) -> String {
     dataset_version_key(job_id, 1)
@@ -96,6 +102,47 @@ pub struct MergeInput {
     pub carried: Vec<Record>,
 }
 
+/// One shard's part, read and decoded.
+struct ReadPart {
+    entry: PartEntry,
+    report: ShardReport,
+    records: Vec<Record>,
+}
+
+/// Fetch and decode the part of `shard_id` (decoding overlaps the other fetches in flight).
+async fn read_part(
+    store: &dyn ObjectStore,
+    job_id: &str,
+    shard_id: &str,
+) -> Result<ReadPart, MergeError> {
+    let key = part_key(job_id, shard_id);
+    let bytes = store
+        .get(&key)
+        .await?
+        .ok_or_else(|| MergeError::MissingPart(shard_id.to_string()))?;
+    let (records, metadata) =
+        decode_parquet(bytes.clone()).map_err(|source| MergeError::BadPart {
+            key: key.clone(),
+            source,
+        })?;
+    let report: ShardReport = metadata
+        .get(SHARD_REPORT_KEY)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .ok_or_else(|| MergeError::MissingReport(key.clone()))?;
+    let entry = PartEntry {
+        shard_id: shard_id.to_string(),
+        key,
+        rows: records.len() as u64,
+        bytes: bytes.len() as u64,
+        checksum: digest(&[&bytes], 64),
+    };
+    Ok(ReadPart {
+        entry,
+        report,
+        records,
+    })
+}
+
 /// Read every part of the job (in the order given), drop near duplicates across shards (word-set
 /// similarity from `near_duplicate_threshold`, the first kept), write the dataset and the
 /// manifest of `input.version`.
@@ -114,30 +161,18 @@ pub async fn merge_job(
     for record in &input.carried {
         seen.admit(&record.question, &record.answer);
     }
-    for shard_id in shard_ids {
-        let key = part_key(job_id, shard_id);
-        let bytes = store
-            .get(&key)
-            .await?
-            .ok_or_else(|| MergeError::MissingPart(shard_id.clone()))?;
-        let (part_records, metadata) =
-            decode_parquet(bytes.clone()).map_err(|source| MergeError::BadPart {
-                key: key.clone(),
-                source,
-            })?;
-        let report: ShardReport = metadata
-            .get(SHARD_REPORT_KEY)
-            .and_then(|json| serde_json::from_str(json).ok())
-            .ok_or_else(|| MergeError::MissingReport(key.clone()))?;
-        parts.push(PartEntry {
-            shard_id: shard_id.clone(),
-            key,
-            rows: part_records.len() as u64,
-            bytes: bytes.len() as u64,
-            checksum: digest(&[&bytes], 64),
-        });
-        shard_reports.push(report);
-        for record in part_records {
+    // The futures are collected first (they do nothing until the stream polls them): mapping
+    // lazily inside the stream trips rustc's `Send` inference for the spawned merge
+    // (higher-ranked lifetimes of the borrowed ids).
+    let reads: Vec<_> = shard_ids
+        .iter()
+        .map(|shard_id| read_part(store, job_id, shard_id))
+        .collect();
+    let mut read = futures_util::stream::iter(reads).buffered(PART_FETCH_CONCURRENCY);
+    while let Some(part) = read.try_next().await? {
+        parts.push(part.entry);
+        shard_reports.push(part.report);
+        for record in part.records {
             if seen.admit(&record.question, &record.answer) {
                 records.push(record);
             } else {

@@ -26,7 +26,7 @@ use crate::combine;
 use crate::estimate::{UsageEstimate, estimate_shards};
 use crate::ingest;
 use crate::merge::{MergeInput, dataset_version_key, merge_job};
-use crate::plan::plan_shards;
+use crate::plan::{largest_first, plan_shards};
 use crate::report::{self, FailedShard, ReportInput};
 
 /// Shards published at once (publisher confirms outstanding).
@@ -691,10 +691,11 @@ impl Coordinator {
         }
         // Publish with many confirms outstanding at once: each publish waits for its broker
         // confirm, and confirms of a quorum queue take milliseconds each.
-        let pending: Vec<ShardMessage> = shards
+        let mut pending: Vec<ShardMessage> = shards
             .into_iter()
             .filter(|s| !done.contains(&part_key(&id, &s.shard_id)))
             .collect();
+        largest_first(&mut pending);
         let published = pending.len();
         let (this, job_id) = (&self, id.as_str());
         let mut results = futures_util::stream::iter(pending)
