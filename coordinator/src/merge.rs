@@ -1,9 +1,12 @@
 //! Merging a job's parts into its dataset.
 //!
-//! Parts are read in plan order (fetched [`PART_FETCH_CONCURRENCY`] at a time), near-identical
+//! Parts are read in plan order (fetched [`PART_FETCH_CONCURRENCY`] at a time, unless the
+//! caller read them already: parts are create-only, so bytes read earlier are final), near-identical
 //! questions across shards are removed (counted as duplicates), and the dataset and its manifest
 //! are written with create-only puts: a merge that runs twice (a restarted coordinator) finds the
 //! first result in place.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -100,6 +103,8 @@ pub struct MergeInput {
     /// Items of an earlier version kept whatever the parts hold (human-edited items of shards
     /// that were regenerated): they come first, so a regenerated near duplicate of one is dropped.
     pub carried: Vec<Record>,
+    /// Parts already read, by part key; the others are fetched.
+    pub read_parts: HashMap<String, Bytes>,
 }
 
 /// One shard's part, read and decoded.
@@ -109,17 +114,22 @@ struct ReadPart {
     records: Vec<Record>,
 }
 
-/// Fetch and decode the part of `shard_id` (decoding overlaps the other fetches in flight).
+/// Fetch (unless `already` holds its bytes) and decode the part of `shard_id`; decoding overlaps
+/// the other fetches in flight.
 async fn read_part(
     store: &dyn ObjectStore,
     job_id: &str,
     shard_id: &str,
+    already: Option<Bytes>,
 ) -> Result<ReadPart, MergeError> {
     let key = part_key(job_id, shard_id);
-    let bytes = store
-        .get(&key)
-        .await?
-        .ok_or_else(|| MergeError::MissingPart(shard_id.to_string()))?;
+    let bytes = match already {
+        Some(bytes) => bytes,
+        None => store
+            .get(&key)
+            .await?
+            .ok_or_else(|| MergeError::MissingPart(shard_id.to_string()))?,
+    };
     let (records, metadata) =
         decode_parquet(bytes.clone()).map_err(|source| MergeError::BadPart {
             key: key.clone(),
@@ -151,7 +161,7 @@ pub async fn merge_job(
     job_id: &str,
     shard_ids: &[String],
     near_duplicate_threshold: f64,
-    input: MergeInput,
+    mut input: MergeInput,
 ) -> Result<Merged, MergeError> {
     let mut records = Vec::new();
     let mut shard_reports = Vec::with_capacity(shard_ids.len());
@@ -166,7 +176,10 @@ pub async fn merge_job(
     // (higher-ranked lifetimes of the borrowed ids).
     let reads: Vec<_> = shard_ids
         .iter()
-        .map(|shard_id| read_part(store, job_id, shard_id))
+        .map(|shard_id| {
+            let already = input.read_parts.remove(&part_key(job_id, shard_id));
+            read_part(store, job_id, shard_id, already)
+        })
         .collect();
     let mut read = futures_util::stream::iter(reads).buffered(PART_FETCH_CONCURRENCY);
     while let Some(part) = read.try_next().await? {
