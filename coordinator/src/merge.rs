@@ -225,3 +225,59 @@ pub async fn merge_job(
         dataset,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use worker::store::LocalStore;
+
+    use super::*;
+
+    /// A part without rows whose report counts `accepted` items.
+    fn part(accepted: u64) -> Bytes {
+        let report = ShardReport {
+            accepted,
+            ..ShardReport::default()
+        };
+        let json = serde_json::to_string(&report).expect("report serializes");
+        Bytes::from(encode_parquet(&[], &[(SHARD_REPORT_KEY, json)]).expect("part encodes"))
+    }
+
+    #[tokio::test]
+    async fn parts_read_ahead_are_used_and_the_others_fetched_in_plan_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalStore::new(dir.path());
+        let ids = vec!["sh-a".to_string(), "sh-b".to_string()];
+        store
+            .put(&part_key("al-1", "sh-b"), part(2))
+            .await
+            .expect("part stored");
+
+        let missing = merge_job(&store, "al-1", &ids, 0.9, MergeInput::default()).await;
+        assert!(
+            matches!(&missing, Err(MergeError::MissingPart(id)) if id == "sh-a"),
+            "{:?}",
+            missing.err()
+        );
+
+        let input = MergeInput {
+            read_parts: HashMap::from([(part_key("al-1", "sh-a"), part(1))]),
+            ..MergeInput::default()
+        };
+        let merged = merge_job(&store, "al-1", &ids, 0.9, input)
+            .await
+            .expect("merged");
+        let accepted: Vec<u64> = merged.shard_reports.iter().map(|r| r.accepted).collect();
+        assert_eq!(accepted, [1, 2]);
+        let keys: Vec<&str> = merged
+            .manifest
+            .parts
+            .iter()
+            .map(|p| p.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [part_key("al-1", "sh-a"), part_key("al-1", "sh-b")],
+            "parts in plan order"
+        );
+    }
+}
