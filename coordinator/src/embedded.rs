@@ -216,7 +216,7 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
         spec.near_duplicate_threshold,
         MergeInput {
             version: 1,
-            carried: Vec::new(),
+            ..MergeInput::default()
         },
     )
     .await?;

@@ -1,10 +1,15 @@
 //! Merging a job's parts into its dataset.
 //!
-//! Parts are read in plan order, near-identical questions across shards are removed (counted as
-//! duplicates), and the dataset and its manifest are written with create-only puts: a merge that
-//! runs twice (a restarted coordinator) finds the first result in place.
+//! Parts are read in plan order (fetched [`PART_FETCH_CONCURRENCY`] at a time, unless the
+//! caller read them already: parts are create-only, so bytes read earlier are final), near-identical
+//! questions across shards are removed (counted as duplicates), and the dataset and its manifest
+//! are written with create-only puts: a merge that runs twice (a restarted coordinator) finds the
+//! first result in place.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use proto::dataset::{decode_parquet, encode_parquet};
 use proto::hash::digest;
 use proto::{DatasetError, Record, ShardReport};
@@ -12,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use worker::dedup::NearDuplicates;
 use worker::process::{SHARD_REPORT_KEY, part_key};
 use worker::store::{ObjectStore, StoreError};
+
+/// Parts fetched from the store at once during a merge: one request's latency is paid per
+/// batch, not per part, while at most this many parts are held before they are decoded.
+const PART_FETCH_CONCURRENCY: usize = 16;
 
 pub fn dataset_key(job_id: &str) -> String {
     dataset_version_key(job_id, 1)
@@ -94,6 +103,54 @@ pub struct MergeInput {
     /// Items of an earlier version kept whatever the parts hold (human-edited items of shards
     /// that were regenerated): they come first, so a regenerated near duplicate of one is dropped.
     pub carried: Vec<Record>,
+    /// Parts already read, by part key; the others are fetched.
+    pub read_parts: HashMap<String, Bytes>,
+}
+
+/// One shard's part, read and decoded.
+struct ReadPart {
+    entry: PartEntry,
+    report: ShardReport,
+    records: Vec<Record>,
+}
+
+/// Fetch (unless `already` holds its bytes) and decode the part of `shard_id`; decoding overlaps
+/// the other fetches in flight.
+async fn read_part(
+    store: &dyn ObjectStore,
+    job_id: &str,
+    shard_id: &str,
+    already: Option<Bytes>,
+) -> Result<ReadPart, MergeError> {
+    let key = part_key(job_id, shard_id);
+    let bytes = match already {
+        Some(bytes) => bytes,
+        None => store
+            .get(&key)
+            .await?
+            .ok_or_else(|| MergeError::MissingPart(shard_id.to_string()))?,
+    };
+    let (records, metadata) =
+        decode_parquet(bytes.clone()).map_err(|source| MergeError::BadPart {
+            key: key.clone(),
+            source,
+        })?;
+    let report: ShardReport = metadata
+        .get(SHARD_REPORT_KEY)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .ok_or_else(|| MergeError::MissingReport(key.clone()))?;
+    let entry = PartEntry {
+        shard_id: shard_id.to_string(),
+        key,
+        rows: records.len() as u64,
+        bytes: bytes.len() as u64,
+        checksum: digest(&[&bytes], 64),
+    };
+    Ok(ReadPart {
+        entry,
+        report,
+        records,
+    })
 }
 
 /// Read every part of the job (in the order given), drop near duplicates across shards (word-set
@@ -104,7 +161,7 @@ pub async fn merge_job(
     job_id: &str,
     shard_ids: &[String],
     near_duplicate_threshold: f64,
-    input: MergeInput,
+    mut input: MergeInput,
 ) -> Result<Merged, MergeError> {
     let mut records = Vec::new();
     let mut shard_reports = Vec::with_capacity(shard_ids.len());
@@ -114,30 +171,21 @@ pub async fn merge_job(
     for record in &input.carried {
         seen.admit(&record.question, &record.answer);
     }
-    for shard_id in shard_ids {
-        let key = part_key(job_id, shard_id);
-        let bytes = store
-            .get(&key)
-            .await?
-            .ok_or_else(|| MergeError::MissingPart(shard_id.clone()))?;
-        let (part_records, metadata) =
-            decode_parquet(bytes.clone()).map_err(|source| MergeError::BadPart {
-                key: key.clone(),
-                source,
-            })?;
-        let report: ShardReport = metadata
-            .get(SHARD_REPORT_KEY)
-            .and_then(|json| serde_json::from_str(json).ok())
-            .ok_or_else(|| MergeError::MissingReport(key.clone()))?;
-        parts.push(PartEntry {
-            shard_id: shard_id.clone(),
-            key,
-            rows: part_records.len() as u64,
-            bytes: bytes.len() as u64,
-            checksum: digest(&[&bytes], 64),
-        });
-        shard_reports.push(report);
-        for record in part_records {
+    // The futures are collected first (they do nothing until the stream polls them): mapping
+    // lazily inside the stream trips rustc's `Send` inference for the spawned merge
+    // (higher-ranked lifetimes of the borrowed ids).
+    let reads: Vec<_> = shard_ids
+        .iter()
+        .map(|shard_id| {
+            let already = input.read_parts.remove(&part_key(job_id, shard_id));
+            read_part(store, job_id, shard_id, already)
+        })
+        .collect();
+    let mut read = futures_util::stream::iter(reads).buffered(PART_FETCH_CONCURRENCY);
+    while let Some(part) = read.try_next().await? {
+        parts.push(part.entry);
+        shard_reports.push(part.report);
+        for record in part.records {
             if seen.admit(&record.question, &record.answer) {
                 records.push(record);
             } else {
@@ -176,4 +224,60 @@ pub async fn merge_job(
         manifest,
         dataset,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use worker::store::LocalStore;
+
+    use super::*;
+
+    /// A part without rows whose report counts `accepted` items.
+    fn part(accepted: u64) -> Bytes {
+        let report = ShardReport {
+            accepted,
+            ..ShardReport::default()
+        };
+        let json = serde_json::to_string(&report).expect("report serializes");
+        Bytes::from(encode_parquet(&[], &[(SHARD_REPORT_KEY, json)]).expect("part encodes"))
+    }
+
+    #[tokio::test]
+    async fn parts_read_ahead_are_used_and_the_others_fetched_in_plan_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalStore::new(dir.path());
+        let ids = vec!["sh-a".to_string(), "sh-b".to_string()];
+        store
+            .put(&part_key("al-1", "sh-b"), part(2))
+            .await
+            .expect("part stored");
+
+        let missing = merge_job(&store, "al-1", &ids, 0.9, MergeInput::default()).await;
+        assert!(
+            matches!(&missing, Err(MergeError::MissingPart(id)) if id == "sh-a"),
+            "{:?}",
+            missing.err()
+        );
+
+        let input = MergeInput {
+            read_parts: HashMap::from([(part_key("al-1", "sh-a"), part(1))]),
+            ..MergeInput::default()
+        };
+        let merged = merge_job(&store, "al-1", &ids, 0.9, input)
+            .await
+            .expect("merged");
+        let accepted: Vec<u64> = merged.shard_reports.iter().map(|r| r.accepted).collect();
+        assert_eq!(accepted, [1, 2]);
+        let keys: Vec<&str> = merged
+            .manifest
+            .parts
+            .iter()
+            .map(|p| p.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [part_key("al-1", "sh-a"), part_key("al-1", "sh-b")],
+            "parts in plan order"
+        );
+    }
 }

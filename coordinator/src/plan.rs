@@ -23,6 +23,15 @@ pub fn plan_shards(tree: &PrincipleTree, job_id: &str, spec: &JobSpec) -> Vec<Sh
         .collect()
 }
 
+/// Order shards for publishing: most sections first (each section costs the LLM generator a
+/// generation and a judge call), then most source tokens; ties keep plan order. Workers take
+/// shards in queue order, so the last shards of a job are its smallest ones and the fleet's LLM
+/// slots idle least while they finish (longest-processing-time-first scheduling). Parts are still
+/// merged in plan order.
+pub fn largest_first(shards: &mut [ShardMessage]) {
+    shards.sort_by_key(|shard| std::cmp::Reverse((shard.sections.len(), shard.source_tokens())));
+}
+
 struct Planner {
     budget: usize,
     groups: Vec<Vec<ShardSection>>,
@@ -233,6 +242,34 @@ mod tests {
             .filter(|id| !ids(&first).contains(id))
             .collect();
         assert_eq!(changed.len(), 1, "{changed:?}");
+    }
+
+    #[test]
+    fn publishing_order_is_largest_first_and_keeps_plan_order_on_ties() {
+        let tree = tree(11, 120);
+        let planned = plan_shards(&tree, "al-test", &spec(400));
+        let mut ordered = planned.clone();
+        largest_first(&mut ordered);
+        let size = |s: &ShardMessage| (s.sections.len(), s.source_tokens());
+        assert!(
+            ordered.windows(2).all(|w| size(&w[0]) >= size(&w[1])),
+            "not largest first"
+        );
+        assert!(
+            size(&ordered[0]) > size(ordered.last().expect("shards")),
+            "the test tree should have shards of different sizes"
+        );
+        let position = |id: &str| planned.iter().position(|s| s.shard_id == id);
+        for pair in ordered.windows(2) {
+            if size(&pair[0]) == size(&pair[1]) {
+                assert!(position(&pair[0].shard_id) < position(&pair[1].shard_id));
+            }
+        }
+        let mut ids: Vec<_> = ordered.iter().map(|s| s.shard_id.clone()).collect();
+        let mut planned_ids: Vec<_> = planned.iter().map(|s| s.shard_id.clone()).collect();
+        ids.sort();
+        planned_ids.sort();
+        assert_eq!(ids, planned_ids, "the same shards, reordered");
     }
 
     fn edit(node: &mut PrincipleNode, id: &str) -> bool {

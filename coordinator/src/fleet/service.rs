@@ -27,11 +27,14 @@ use crate::estimate::{UsageEstimate, estimate_shards};
 use crate::ingest;
 use crate::lookup::link_lookups;
 use crate::merge::{MergeInput, dataset_version_key, merge_job};
-use crate::plan::plan_shards;
+use crate::plan::{largest_first, plan_shards};
 use crate::report::{self, FailedShard, ReportInput};
 
 /// Shards published at once (publisher confirms outstanding).
 const PUBLISH_CONCURRENCY: usize = 32;
+
+/// Parts of a running job read from the store at once by the monitor.
+const PART_READ_CONCURRENCY: usize = 16;
 
 /// Why publishing a job's shards stopped early.
 enum PublishStop {
@@ -95,6 +98,9 @@ pub struct Coordinator {
     plans: Mutex<HashMap<String, Arc<HashSet<String>>>>,
     /// Decoded datasets, trees and reviews that the review routes read.
     pub(super) review: ReviewCache,
+    /// Bytes of the parts of running jobs read so far, by job id and part key: the monitor reads
+    /// new parts as they appear, so the merge fetches only the last ones.
+    read_parts: Mutex<HashMap<String, HashMap<String, Bytes>>>,
 }
 
 fn new_id(prefix: &str) -> String {
@@ -247,6 +253,7 @@ impl Coordinator {
             jobs: Mutex::new(jobs),
             plans: Mutex::new(HashMap::new()),
             review: ReviewCache::default(),
+            read_parts: Mutex::new(HashMap::new()),
         });
         let unfinished: Vec<JobRecord> = coordinator
             .jobs
@@ -692,10 +699,11 @@ impl Coordinator {
         }
         // Publish with many confirms outstanding at once: each publish waits for its broker
         // confirm, and confirms of a quorum queue take milliseconds each.
-        let pending: Vec<ShardMessage> = shards
+        let mut pending: Vec<ShardMessage> = shards
             .into_iter()
             .filter(|s| !done.contains(&part_key(&id, &s.shard_id)))
             .collect();
+        largest_first(&mut pending);
         let published = pending.len();
         let (this, job_id) = (&self, id.as_str());
         let mut results = futures_util::stream::iter(pending)
@@ -882,6 +890,10 @@ impl Coordinator {
             .into_iter()
             .filter(|j| j.status == JobStatus::Running)
             .collect();
+        self.read_parts
+            .lock()
+            .expect("read parts lock")
+            .retain(|id, _| running.iter().any(|j| &j.id == id));
         for job in running {
             if let Err(error) = self.refresh(job).await {
                 tracing::warn!(%error, "refreshing job progress failed");
@@ -916,13 +928,15 @@ impl Coordinator {
                 .unwrap_or(name);
             plan.contains(shard)
         };
-        let parts = self
+        let part_keys: Vec<String> = self
             .store
             .list(&format!("jobs/{id}/parts/"))
             .await?
-            .iter()
+            .into_iter()
             .filter(|k| in_plan(k))
-            .count() as u64;
+            .collect();
+        let parts = part_keys.len() as u64;
+        self.read_new_parts(&id, part_keys).await;
         let failed_keys: Vec<String> = self
             .store
             .list(&failed_prefix(&id))
@@ -970,6 +984,45 @@ impl Coordinator {
         self.merge(job).await
     }
 
+    /// Read the parts among `keys` that were not read yet (parts are create-only, so their
+    /// bytes are final), [`PART_READ_CONCURRENCY`] at a time. Best effort: a part that cannot be
+    /// read now is read by the merge.
+    async fn read_new_parts(&self, id: &str, keys: Vec<String>) {
+        let new: Vec<String> = {
+            let read = self.read_parts.lock().expect("read parts lock");
+            let known = read.get(id);
+            keys.into_iter()
+                .filter(|k| !known.is_some_and(|parts| parts.contains_key(k)))
+                .collect()
+        };
+        let store = self.store.as_ref();
+        let fetches: Vec<_> = new
+            .into_iter()
+            .map(|key| async move {
+                let bytes = store.get(&key).await;
+                (key, bytes)
+            })
+            .collect();
+        let fetched: Vec<(String, Result<Option<Bytes>, StoreError>)> =
+            futures_util::stream::iter(fetches)
+                .buffered(PART_READ_CONCURRENCY)
+                .collect()
+                .await;
+        let mut read = self.read_parts.lock().expect("read parts lock");
+        let parts = read.entry(id.to_string()).or_default();
+        for (key, bytes) in fetched {
+            match bytes {
+                Ok(Some(bytes)) => {
+                    parts.insert(key, bytes);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(%error, key, "reading a part ahead of the merge failed");
+                }
+            }
+        }
+    }
+
     async fn merge(&self, mut job: JobRecord) -> Result<(), ServiceError> {
         let id = job.id.clone();
         let (tree, shards) = self.prepare(&id).await.map_err(ServiceError::Invalid)?;
@@ -982,7 +1035,17 @@ impl Coordinator {
         } else {
             Vec::new()
         };
-        let input = MergeInput { version, carried };
+        let read_parts = self
+            .read_parts
+            .lock()
+            .expect("read parts lock")
+            .remove(&id)
+            .unwrap_or_default();
+        let input = MergeInput {
+            version,
+            carried,
+            read_parts,
+        };
         let merged = match merge_job(self.store.as_ref(), &id, &shard_ids, threshold, input).await {
             Ok(merged) => merged,
             Err(error) => {
