@@ -95,10 +95,11 @@ pub async fn run(options: RunOptions, cancel: CancellationToken) -> Result<RunOu
     if shards.is_empty() {
         return Err(RunError::NothingToDo);
     }
-    if let Some(lookups) = link_lookups(&job_id, &tree, &spec, &mut shards) {
+    let lookups = link_lookups(&job_id, &tree, &spec, &mut shards);
+    if let Some(lookups) = &lookups {
         lookups.store(store.as_ref()).await?;
     }
-    let estimate = estimate_shards(&spec, &tree, &shards);
+    let estimate = estimate_shards(&spec, lookups.as_ref().map(|l| &l.lookups), &shards);
     tracing::info!(%job_id, shards = shards.len(), sections = tree.generation_units().len(), calls = estimate.calls, "job planned");
     let tree_json = serde_json::to_vec(&tree).expect("tree serializes");
     store

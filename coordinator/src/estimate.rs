@@ -13,13 +13,13 @@
 
 use std::path::PathBuf;
 
-use proto::{GeneratorKind, JobSpec, PrincipleTree};
+use proto::{GeneratorKind, JobSpec};
 use serde::{Deserialize, Serialize};
 use worker::generate::openai::estimate_shard;
 use worker::generate::tools::Lookups;
 
 use crate::ingest::{self, Format, IngestError};
-use crate::lookup::build_lookup_index;
+use crate::lookup::link_lookups;
 use crate::plan::plan_shards;
 
 /// Expected usage of a job, as `report.json` records it next to the actuals.
@@ -71,10 +71,11 @@ pub enum EstimateError {
     NothingToDo,
 }
 
-/// The expected usage of a job with `spec` on these shards of `tree`.
+/// The expected usage of a job with `spec` on these shards, with the job's lookups (see
+/// [`crate::lookup::link_lookups`]).
 pub fn estimate_shards(
     spec: &JobSpec,
-    tree: &PrincipleTree,
+    lookups: Option<&Lookups>,
     shards: &[proto::ShardMessage],
 ) -> UsageEstimate {
     let mut usage = UsageEstimate {
@@ -83,11 +84,9 @@ pub fn estimate_shards(
         shards: shards.len() as u64,
         ..UsageEstimate::default()
     };
-    let lookups = (spec.generator.kind == GeneratorKind::Openai)
-        .then(|| Lookups::new(build_lookup_index(tree)));
     for shard in shards {
         if spec.generator.kind == GeneratorKind::Openai {
-            let shard = estimate_shard(shard, lookups.as_ref());
+            let shard = estimate_shard(shard, lookups);
             usage.sections += shard.sections;
             usage.planned_items += shard.planned_items;
             usage.calls += shard.calls;
@@ -111,11 +110,16 @@ pub fn estimate_files(
         tracing::warn!("{warning}");
     }
     let job_id = crate::embedded::job_id(spec, &ingested.tree);
-    let shards = plan_shards(&ingested.tree, &job_id, spec);
+    let mut shards = plan_shards(&ingested.tree, &job_id, spec);
     if shards.is_empty() {
         return Err(EstimateError::NothingToDo);
     }
-    Ok(estimate_shards(spec, &ingested.tree, &shards))
+    let lookups = link_lookups(&job_id, &ingested.tree, spec, &mut shards);
+    Ok(estimate_shards(
+        spec,
+        lookups.as_ref().map(|l| &l.lookups),
+        &shards,
+    ))
 }
 
 /// Cost and time of `usage` at `pricing`.

@@ -33,10 +33,10 @@ pub fn lookup_key(job_id: &str, tree: &PrincipleTree) -> String {
     format!("jobs/{job_id}/lookup/{}.json", tree.fingerprint())
 }
 
-/// A job's lookup index and where it is stored.
+/// A job's lookups and where their index is stored.
 pub struct JobLookups {
     pub key: String,
-    pub index: LookupIndex,
+    pub lookups: Lookups,
 }
 
 impl JobLookups {
@@ -44,7 +44,7 @@ impl JobLookups {
     /// concurrent writer writes the same bytes).
     pub async fn store(&self, store: &dyn ObjectStore) -> Result<(), StoreError> {
         if !store.exists(&self.key).await? {
-            let json = serde_json::to_vec(&self.index).expect("lookup index serializes");
+            let json = serde_json::to_vec(self.lookups.index()).expect("lookup index serializes");
             store.put_if_absent(&self.key, Bytes::from(json)).await?;
         }
         Ok(())
@@ -65,8 +65,7 @@ pub fn link_lookups(
         return None;
     }
     let key = lookup_key(job_id, tree);
-    let index = build_lookup_index(tree);
-    let lookups = Lookups::new(index.clone());
+    let lookups = Lookups::new(build_lookup_index(tree));
     for shard in shards.iter_mut() {
         let looked_up = shard
             .sections
@@ -76,7 +75,7 @@ pub fn link_lookups(
             .collect();
         shard.set_lookup(key.clone(), looked_up);
     }
-    Some(JobLookups { key, index })
+    Some(JobLookups { key, lookups })
 }
 
 /// The lookup index of `tree`; see the module docs.

@@ -25,7 +25,7 @@ use super::review::ReviewCache;
 use crate::combine;
 use crate::estimate::{UsageEstimate, estimate_shards};
 use crate::ingest;
-use crate::lookup::link_lookups;
+use crate::lookup::{JobLookups, link_lookups};
 use crate::merge::{MergeInput, dataset_version_key, merge_job};
 use crate::plan::{largest_first, plan_shards};
 use crate::report::{self, FailedShard, ReportInput};
@@ -94,13 +94,29 @@ pub struct Coordinator {
     publisher: Arc<dyn ShardPublisher>,
     progress: Option<RedisProgress>,
     jobs: Mutex<BTreeMap<String, JobRecord>>,
-    /// Shard ids of each job's current plan (parts of other versions' shards do not count).
-    plans: Mutex<HashMap<String, Arc<HashSet<String>>>>,
+    /// Each job's current plan (parts of other versions' shards do not count).
+    plans: Mutex<HashMap<String, Arc<JobPlan>>>,
     /// Decoded datasets, trees and reviews that the review routes read.
     pub(super) review: ReviewCache,
     /// Bytes of the parts of running jobs read so far, by job id and part key: the monitor reads
     /// new parts as they appear, so the merge fetches only the last ones.
     read_parts: Mutex<HashMap<String, HashMap<String, Bytes>>>,
+}
+
+/// A job's plan for the tree version it generates, as prepared for publishing.
+struct JobPlan {
+    /// Shard ids in plan order (the merge's order).
+    order: Vec<String>,
+    ids: HashSet<String>,
+    /// The usage estimate, computed while the shards are published, for the report.
+    estimate: Mutex<Option<UsageEstimate>>,
+}
+
+/// What [`Coordinator::prepare`] makes of a job: its tree, shards and lookups.
+pub(super) struct Prepared {
+    tree: PrincipleTree,
+    shards: Vec<ShardMessage>,
+    lookups: Option<JobLookups>,
 }
 
 fn new_id(prefix: &str) -> String {
@@ -667,8 +683,10 @@ impl Coordinator {
 
     /// Ingest the job's files, plan, store the tree, publish the shards whose parts are missing.
     pub(super) async fn prepare_and_publish(self: Arc<Self>, id: String) {
-        let (_, shards) = match self.prepare(&id).await {
-            Ok(planned) => planned,
+        let Prepared {
+            shards, lookups, ..
+        } = match self.prepare(&id).await {
+            Ok(prepared) => prepared,
             Err(message) => return self.fail(&id, message).await,
         };
         let Some(mut job) = self.job_record(&id) else {
@@ -700,10 +718,18 @@ impl Coordinator {
         // Publish with many confirms outstanding at once: each publish waits for its broker
         // confirm, and confirms of a quorum queue take milliseconds each.
         let mut pending: Vec<ShardMessage> = shards
-            .into_iter()
+            .iter()
             .filter(|s| !done.contains(&part_key(&id, &s.shard_id)))
+            .cloned()
             .collect();
         largest_first(&mut pending);
+        // The report's estimate, worked out while the shards go out, not when the job ends.
+        let estimating = {
+            let spec = job.spec.clone();
+            tokio::task::spawn_blocking(move || {
+                estimate_shards(&spec, lookups.as_ref().map(|l| &l.lookups), &shards)
+            })
+        };
         let published = pending.len();
         let (this, job_id) = (&self, id.as_str());
         let mut results = futures_util::stream::iter(pending)
@@ -723,6 +749,12 @@ impl Coordinator {
             }
         }
         tracing::info!(job_id = %id, published, reused = done.len(), "shards published");
+        if let (Ok(estimate), Some(plan)) = (
+            estimating.await,
+            self.plans.lock().expect("plans lock").get(&id),
+        ) {
+            *plan.estimate.lock().expect("estimate lock") = Some(estimate);
+        }
         if let Some(mut job) = self.job_record(&id)
             && !job.status.is_terminal()
         {
@@ -770,15 +802,45 @@ impl Coordinator {
         }
     }
 
-    /// The job's tree at the version generated (ingested once, then read back from the store) and
-    /// its shards.
-    pub(super) async fn prepare(
-        &self,
-        id: &str,
-    ) -> Result<(PrincipleTree, Vec<ShardMessage>), String> {
+    /// The job's tree at the version generated (ingested once, then read back from the store),
+    /// its shards and lookups; the lookup index is stored and the plan kept for progress and the
+    /// merge.
+    pub(super) async fn prepare(&self, id: &str) -> Result<Prepared, String> {
         let job = self
             .job_record(id)
             .ok_or_else(|| format!("job {id} was deleted"))?;
+        let tree = self.generated_tree(&job).await?;
+        let mut shards = plan_shards(&tree, id, &job.spec);
+        if shards.is_empty() {
+            return Err("the documents contain no section with text to generate from".into());
+        }
+        let lookups = link_lookups(id, &tree, &job.spec, &mut shards);
+        if let Some(lookups) = &lookups {
+            lookups
+                .store(self.store.as_ref())
+                .await
+                .map_err(|e| format!("storing the lookup index: {e}"))?;
+        }
+        let order: Vec<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
+        let plan = JobPlan {
+            ids: order.iter().cloned().collect(),
+            order,
+            estimate: Mutex::new(None),
+        };
+        self.plans
+            .lock()
+            .expect("plans lock")
+            .insert(id.to_string(), Arc::new(plan));
+        Ok(Prepared {
+            tree,
+            shards,
+            lookups,
+        })
+    }
+
+    /// The job's tree at the version it generates: ingested once, then read back from the store.
+    async fn generated_tree(&self, job: &JobRecord) -> Result<PrincipleTree, String> {
+        let id = &job.id;
         let tree_key = job_tree_version_key(id, job.generated_version);
         let tree = match self.store.get(&tree_key).await.map_err(|e| e.to_string())? {
             Some(bytes) => serde_json::from_slice::<PrincipleTree>(&bytes)
@@ -802,22 +864,7 @@ impl Coordinator {
                 tree
             }
         };
-        let mut shards = plan_shards(&tree, id, &job.spec);
-        if shards.is_empty() {
-            return Err("the documents contain no section with text to generate from".into());
-        }
-        if let Some(lookups) = link_lookups(id, &tree, &job.spec, &mut shards) {
-            lookups
-                .store(self.store.as_ref())
-                .await
-                .map_err(|e| format!("storing the lookup index: {e}"))?;
-        }
-        let plan: HashSet<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
-        self.plans
-            .lock()
-            .expect("plans lock")
-            .insert(id.to_string(), Arc::new(plan));
-        Ok((tree, shards))
+        Ok(tree)
     }
 
     /// The tenant's `alignment` files as one principle tree. A missing file is `NotFound`; a
@@ -874,13 +921,18 @@ impl Coordinator {
         }
         let tree = self.ingest(files, tenant).await?;
         let job_id = crate::embedded::job_id(spec, &tree);
-        let shards = plan_shards(&tree, &job_id, spec);
+        let mut shards = plan_shards(&tree, &job_id, spec);
         if shards.is_empty() {
             return Err(ServiceError::Invalid(
                 "the documents contain no section with text to generate from".into(),
             ));
         }
-        Ok(estimate_shards(spec, &tree, &shards))
+        let lookups = link_lookups(&job_id, &tree, spec, &mut shards);
+        Ok(estimate_shards(
+            spec,
+            lookups.as_ref().map(|l| &l.lookups),
+            &shards,
+        ))
     }
 
     /// Bring every running job's progress up to date; merge the ones whose shards are all done.
@@ -901,8 +953,8 @@ impl Coordinator {
         }
     }
 
-    /// Shard ids of the job's current plan.
-    async fn plan(&self, id: &str) -> Result<Arc<HashSet<String>>, ServiceError> {
+    /// The job's current plan.
+    async fn plan(&self, id: &str) -> Result<Arc<JobPlan>, ServiceError> {
         if let Some(plan) = self.plans.lock().expect("plans lock").get(id) {
             return Ok(plan.clone());
         }
@@ -926,7 +978,7 @@ impl Coordinator {
                 .strip_suffix(".parquet")
                 .or_else(|| name.strip_suffix(".json"))
                 .unwrap_or(name);
-            plan.contains(shard)
+            plan.ids.contains(shard)
         };
         let part_keys: Vec<String> = self
             .store
@@ -1025,8 +1077,30 @@ impl Coordinator {
 
     async fn merge(&self, mut job: JobRecord) -> Result<(), ServiceError> {
         let id = job.id.clone();
-        let (tree, shards) = self.prepare(&id).await.map_err(ServiceError::Invalid)?;
-        let shard_ids: Vec<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
+        // The plan and estimate made when the shards were published; after a restart, again.
+        let published = self.plans.lock().expect("plans lock").get(&id).and_then(|plan| {
+            let estimate = plan.estimate.lock().expect("estimate lock").clone()?;
+            Some((plan.order.clone(), estimate))
+        });
+        let (tree, shard_ids, estimate) = match published {
+            Some((order, estimate)) => (
+                self.generated_tree(&job)
+                    .await
+                    .map_err(ServiceError::Invalid)?,
+                order,
+                estimate,
+            ),
+            None => {
+                let prepared = self.prepare(&id).await.map_err(ServiceError::Invalid)?;
+                let estimate = estimate_shards(
+                    &job.spec,
+                    prepared.lookups.as_ref().map(|l| &l.lookups),
+                    &prepared.shards,
+                );
+                let order = prepared.shards.iter().map(|s| s.shard_id.clone()).collect();
+                (prepared.tree, order, estimate)
+            }
+        };
         let threshold = job.spec.near_duplicate_threshold;
         let version = job.generated_version.max(1);
         // A regeneration keeps the human-edited items of the shards it replaced.
@@ -1067,7 +1141,7 @@ impl Coordinator {
             failed_shards: Vec::<FailedShard>::new(),
             wall_time_ms: now_ms().saturating_sub(job.created_at_ms),
         });
-        report.estimate = Some(estimate_shards(&job.spec, &tree, &shards));
+        report.estimate = Some(estimate);
         let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
         self.store
             .put(&report_key(&id), Bytes::from(report_json))

@@ -98,6 +98,11 @@ impl Lookups {
         Lookups { index, maps, terms }
     }
 
+    /// The index the lookups answer from.
+    pub fn index(&self) -> &LookupIndex {
+        &self.index
+    }
+
     /// The OpenAI tool definitions.
     pub fn tool_definitions() -> Vec<Value> {
         let tool = |name: &str, description: &str, parameter: &str, about: &str| {
