@@ -1078,10 +1078,15 @@ impl Coordinator {
     async fn merge(&self, mut job: JobRecord) -> Result<(), ServiceError> {
         let id = job.id.clone();
         // The plan and estimate made when the shards were published; after a restart, again.
-        let published = self.plans.lock().expect("plans lock").get(&id).and_then(|plan| {
-            let estimate = plan.estimate.lock().expect("estimate lock").clone()?;
-            Some((plan.order.clone(), estimate))
-        });
+        let published = self
+            .plans
+            .lock()
+            .expect("plans lock")
+            .get(&id)
+            .and_then(|plan| {
+                let estimate = plan.estimate.lock().expect("estimate lock").clone()?;
+                Some((plan.order.clone(), estimate))
+            });
         let (tree, shard_ids, estimate) = match published {
             Some((order, estimate)) => (
                 self.generated_tree(&job)
