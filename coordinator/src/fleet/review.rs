@@ -698,6 +698,21 @@ impl Coordinator {
         })
     }
 
+    /// One item with its review state, against the text of its section in the context's tree.
+    fn item_in_tree(
+        context: &Context,
+        record: &Record,
+        review: Option<&ReviewRecord>,
+    ) -> ReviewItem {
+        let node = context.tree.node_of(record).map(|i| &context.tree.nodes[i]);
+        Self::item_view(
+            &context.tree,
+            record,
+            review,
+            node.map(|n| (n.id.as_str(), n.content.as_str())),
+        )
+    }
+
     fn item_view(
         tree: &TreeView,
         record: &Record,
@@ -863,13 +878,7 @@ impl Coordinator {
         let slot = self.reviews_of(id).await?;
         let guard = slot.lock().await;
         let reviews = guard.as_ref().expect("reviews loaded");
-        let node = context.tree.node_of(record).map(|i| &context.tree.nodes[i]);
-        Ok(Self::item_view(
-            &context.tree,
-            record,
-            reviews.get(record_id),
-            node.map(|n| (n.id.as_str(), n.content.as_str())),
-        ))
+        Ok(Self::item_in_tree(&context, record, reviews.get(record_id)))
     }
 
     /// Record a decision on an item: `replace` (PUT) sets the whole review from `update`,
@@ -964,13 +973,7 @@ impl Coordinator {
                 .await?;
             reviews.insert(record_id.to_string(), next);
         }
-        let node = context.tree.node_of(record).map(|i| &context.tree.nodes[i]);
-        Ok(Self::item_view(
-            &context.tree,
-            record,
-            reviews.get(record_id),
-            node.map(|n| (n.id.as_str(), n.content.as_str())),
-        ))
+        Ok(Self::item_in_tree(&context, record, reviews.get(record_id)))
     }
 
     /// Replace a section's text in the newest tree: stores the next tree version (node ids follow
