@@ -89,21 +89,28 @@ impl LookupIndex {
     /// Of `candidates`, the node closest to `from` in the tree: the one sharing the deepest
     /// ancestor with it (the first on ties).
     pub fn closest(&self, from: NodeIndex, candidates: &[NodeIndex]) -> Option<NodeIndex> {
+        candidates.iter().copied().max_by_key(|&candidate| {
+            (
+                self.shared_depth(from, candidate),
+                std::cmp::Reverse(candidate),
+            )
+        })
+    }
+
+    /// How many nodes the root-down lines of `a` and `b` share (the depth of their lowest common
+    /// ancestor, plus one).
+    pub fn shared_depth(&self, a: NodeIndex, b: NodeIndex) -> usize {
         let line = |node: NodeIndex| {
             let mut line = self.ancestors(node);
             line.reverse();
             line.push(node);
             line
         };
-        let from_line = line(from);
-        candidates.iter().copied().max_by_key(|&candidate| {
-            let shared = from_line
-                .iter()
-                .zip(line(candidate))
-                .take_while(|(a, b)| **a == *b)
-                .count();
-            (shared, std::cmp::Reverse(candidate))
-        })
+        line(a)
+            .into_iter()
+            .zip(line(b))
+            .take_while(|(x, y)| x == y)
+            .count()
     }
 
     /// Maps built once per loaded index for the lookups that search.

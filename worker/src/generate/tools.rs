@@ -175,25 +175,21 @@ impl Lookups {
             if key.len() < MIN_HINT_TERM_BYTES || !contains_words(&lower, key) {
                 continue;
             }
-            let elsewhere: Vec<NodeIndex> = definitions
+            let nodes: Vec<NodeIndex> = definitions
                 .iter()
                 .map(|&d| self.index.definitions[d].node)
-                .filter(|&n| n != from)
                 .collect();
-            let Some(closest) = self.index.closest(from, &elsewhere) else {
-                continue;
-            };
-            if definitions
-                .iter()
-                .any(|&d| self.index.definitions[d].node == from)
-            {
+            if nodes.contains(&from) {
                 continue; // the section defines it itself
             }
+            let Some(closest) = self.index.closest(from, &nodes) else {
+                continue;
+            };
             let definition = *definitions
                 .iter()
                 .find(|&&d| self.index.definitions[d].node == closest)
                 .expect("the closest node has the definition");
-            let shared = self.shared_depth(from, closest);
+            let shared = self.index.shared_depth(from, closest);
             terms.push((shared, key.len(), key, definition));
         }
         terms.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
@@ -207,20 +203,6 @@ impl Lookups {
                 }),
         );
         SectionHints(hints)
-    }
-
-    fn shared_depth(&self, a: NodeIndex, b: NodeIndex) -> usize {
-        let line = |n: NodeIndex| {
-            let mut line = self.index.ancestors(n);
-            line.reverse();
-            line.push(n);
-            line
-        };
-        line(a)
-            .into_iter()
-            .zip(line(b))
-            .take_while(|(x, y)| x == y)
-            .count()
     }
 
     /// The hints as the prompt gives them: listed, then the looked-up texts; with `tools`, a line
@@ -378,7 +360,10 @@ impl Lookups {
             .copied()
             .collect();
         found.sort_by_key(|&d| {
-            std::cmp::Reverse(self.shared_depth(from, self.index.definitions[d].node))
+            std::cmp::Reverse(
+                self.index
+                    .shared_depth(from, self.index.definitions[d].node),
+            )
         });
         found.truncate(3);
         found
