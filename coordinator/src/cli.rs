@@ -22,6 +22,7 @@ use worker::limits::{MemoryRateLimiter, RateLimiter, RateLimits, RedisRateLimite
 use worker::llm::{LlmClient, LlmConfig, ToolMode};
 use worker::process::Generators;
 use worker::store::{LocalStore, ObjectStore};
+use worker::structured_output::StructuredOutput;
 
 use crate::combine;
 use crate::embedded::{self, RunError, RunOptions};
@@ -161,6 +162,12 @@ fn tool_mode(value: &str) -> Result<ToolMode, String> {
     value
         .parse()
         .map_err(|()| format!("{value:?} is not one of auto, plain, off"))
+}
+
+fn structured_output(value: &str) -> Result<StructuredOutput, String> {
+    value
+        .parse()
+        .map_err(|()| format!("{value:?} is not one of auto, json_schema, json_object, prompt"))
 }
 
 fn near_duplicate_threshold(value: &str) -> Result<f64, String> {
@@ -330,6 +337,11 @@ pub struct LlmArgs {
     /// (the prompt part only) or `off`.
     #[arg(long, default_value = "auto", env = "PRINCIPIA_LLM_TOOLS", value_parser = tool_mode)]
     llm_tools: ToolMode,
+    /// How replies' JSON is asked for: `auto` (json_schema, stepping down to json_object, then to
+    /// the schema in the prompt, as the server refuses them), `json_schema`, `json_object` or
+    /// `prompt`.
+    #[arg(long, default_value = "auto", env = "PRINCIPIA_LLM_STRUCTURED_OUTPUT", value_parser = structured_output)]
+    structured_output: StructuredOutput,
     /// Requests per minute to the LLM endpoint, shared by every worker of the fleet (unlimited).
     #[arg(long, env = "PRINCIPIA_LLM_RPM")]
     llm_requests_per_minute: Option<u64>,
@@ -518,6 +530,7 @@ impl LlmArgs {
         config.max_retries = self.llm_max_retries;
         config.concurrency = self.llm_concurrency.max(1);
         config.tools = self.llm_tools;
+        config.structured_output = self.structured_output;
         Ok(Some(config))
     }
 

@@ -132,6 +132,11 @@ pub struct ServerConfig {
     pub record_requests: bool,
     /// Answer requests that offer tools with 400.
     pub refuse_tools: bool,
+    /// Answer `response_format: {type: json_schema}` with 500 naming the field, as
+    /// llama-cpp-python does.
+    pub refuse_json_schema: bool,
+    /// Answer `response_format: {type: json_object}` with 400 naming the field too.
+    pub refuse_json_object: bool,
     /// Call the tools for the prompt's listed references and terms; see the module docs.
     pub look_up_references: bool,
 }
@@ -158,6 +163,8 @@ impl Default for ServerConfig {
             omit_usage: false,
             record_requests: false,
             refuse_tools: false,
+            refuse_json_schema: false,
+            refuse_json_object: false,
             look_up_references: false,
         }
     }
@@ -206,6 +213,8 @@ pub struct ServerStats {
     pub tool_call_replies: u64,
     /// Requests refused for offering tools.
     pub tools_refused: u64,
+    /// Requests refused for their response format (`refuse_json_schema`, `refuse_json_object`).
+    pub formats_refused: u64,
     /// Most chat requests inside the server at once (waiting for capacity included).
     pub peak_in_flight: u64,
 }
@@ -225,6 +234,7 @@ struct Counters {
     malformed: AtomicU64,
     tool_call_replies: AtomicU64,
     tools_refused: AtomicU64,
+    formats_refused: AtomicU64,
     json_replies: AtomicU64,
     judged: AtomicU64,
     in_flight: AtomicU64,
@@ -306,6 +316,7 @@ impl RunningServer {
             malformed: get(&c.malformed),
             tool_call_replies: get(&c.tool_call_replies),
             tools_refused: get(&c.tools_refused),
+            formats_refused: get(&c.formats_refused),
             peak_in_flight: get(&c.peak_in_flight),
         }
     }
@@ -473,6 +484,24 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         );
     }
 
+    let format = request["response_format"]["type"].as_str().unwrap_or("");
+    if (config.refuse_json_schema && format == "json_schema")
+        || (config.refuse_json_object && format == "json_object")
+    {
+        counters.formats_refused.fetch_add(1, Ordering::SeqCst);
+        let (status, message) = if format == "json_schema" {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}",
+            )
+        } else {
+            (
+                StatusCode::BAD_REQUEST,
+                "response_format of type json_object is not supported by this model",
+            )
+        };
+        return error(status, message, "invalid_request_error");
+    }
     let offers_tools = request["tools"].as_array().is_some_and(|t| !t.is_empty());
     if config.refuse_tools && offers_tools {
         counters.tools_refused.fetch_add(1, Ordering::SeqCst);
@@ -718,6 +747,17 @@ fn request_kind(request: &Value) -> RequestKind {
                 .join("\n")
         })
         .unwrap_or_default();
+    // Without a json_schema format the schema is named in the prompt ("JSON Schema (NAME)").
+    let named = |name: &str| all.contains(&format!("JSON Schema ({name})"));
+    if named(REVISIONS_SCHEMA_NAME) {
+        return RequestKind::Refine;
+    }
+    if named(VERDICTS_SCHEMA_NAME) {
+        return RequestKind::Judge;
+    }
+    if named(ITEMS_SCHEMA_NAME) {
+        return RequestKind::Generate;
+    }
     if all.contains("<candidates>") {
         RequestKind::Judge
     } else if all.contains("Target section: number") {

@@ -16,3 +16,4 @@ pub mod process;
 pub mod queue;
 pub mod s3;
 pub mod store;
+pub mod structured_output;

@@ -42,6 +42,9 @@ use tokio::sync::Semaphore;
 use crate::cache::{CachedReply, ResponseCache};
 use crate::limits::{RateLimiter, RateLimits};
 use crate::metrics;
+use crate::structured_output::{
+    Negotiated, OutputShape, StructuredOutput, refuses_response_format, schema_instruction,
+};
 
 /// Where the LLM server is and how to talk to it.
 #[derive(Clone, PartialEq)]
@@ -66,6 +69,8 @@ pub struct LlmConfig {
     pub max_retry_delay: Duration,
     /// How the generator's lookups reach the model.
     pub tools: ToolMode,
+    /// How replies' JSON shape is asked for; see [`crate::structured_output`].
+    pub structured_output: StructuredOutput,
 }
 
 /// How the generator's lookups (cross-references, definitions, the tree) reach the model.
@@ -107,6 +112,7 @@ impl fmt::Debug for LlmConfig {
             .field("retry_base_delay", &self.retry_base_delay)
             .field("max_retry_delay", &self.max_retry_delay)
             .field("tools", &self.tools)
+            .field("structured_output", &self.structured_output)
             .finish()
     }
 }
@@ -145,6 +151,7 @@ impl LlmConfig {
             retry_base_delay: Duration::from_millis(500),
             max_retry_delay: Duration::from_secs(60),
             tools: ToolMode::Auto,
+            structured_output: StructuredOutput::Auto,
         }
     }
 
@@ -160,7 +167,8 @@ impl LlmConfig {
     /// - Key: `PRINCIPIA_LLM_API_KEY`, else `OPENAI_API_KEY` (optional: local servers need none).
     /// - Models: `PRINCIPIA_LLM_MODEL` (required), `PRINCIPIA_LLM_JUDGE_MODEL` (optional).
     /// - Optional tuning: `PRINCIPIA_LLM_TIMEOUT_SECS`, `PRINCIPIA_LLM_MAX_RETRIES`,
-    ///   `PRINCIPIA_LLM_CONCURRENCY`, `PRINCIPIA_LLM_TOOLS` (`auto`, `plain` or `off`).
+    ///   `PRINCIPIA_LLM_CONCURRENCY`, `PRINCIPIA_LLM_TOOLS` (`auto`, `plain` or `off`),
+    ///   `PRINCIPIA_LLM_STRUCTURED_OUTPUT` (`auto`, `json_schema`, `json_object` or `prompt`).
     ///
     /// Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, LlmConfigError> {
@@ -206,6 +214,13 @@ impl LlmConfig {
                 name: "PRINCIPIA_LLM_TOOLS",
                 value,
                 expected: "tool mode (auto, plain or off)",
+            })?;
+        }
+        if let Some(value) = get("PRINCIPIA_LLM_STRUCTURED_OUTPUT") {
+            config.structured_output = value.parse().map_err(|()| LlmConfigError::Invalid {
+                name: "PRINCIPIA_LLM_STRUCTURED_OUTPUT",
+                value,
+                expected: "structured-output mode (auto, json_schema, json_object or prompt)",
             })?;
         }
         Ok(config)
@@ -326,10 +341,20 @@ impl ChatRequest {
         }
     }
 
-    fn body(&self) -> Value {
+    /// The wire body, with the response format sent as `shape` (and the schema written into the
+    /// last user message when the shape asks for it).
+    fn body(&self, shape: OutputShape) -> Value {
+        let mut messages = self.messages.clone();
+        if let Some(format) = &self.response_format
+            && shape.schema_in_prompt()
+            && let Some(last) = messages.iter_mut().rev().find(|m| m.role == "user")
+        {
+            last.content
+                .push_str(&schema_instruction(&format.name, &format.schema));
+        }
         let mut body = serde_json::json!({
             "model": self.model,
-            "messages": self.messages,
+            "messages": messages,
         });
         if let Some(t) = self.temperature {
             body["temperature"] = serde_json::json!(t);
@@ -337,15 +362,10 @@ impl ChatRequest {
         if let Some(m) = self.max_tokens {
             body["max_tokens"] = serde_json::json!(m);
         }
-        if let Some(format) = &self.response_format {
-            body["response_format"] = serde_json::json!({
-                "type": "json_schema",
-                "json_schema": {
-                    "name": format.name,
-                    "schema": format.schema,
-                    "strict": format.strict,
-                },
-            });
+        if let Some(format) = &self.response_format
+            && let Some(sent) = shape.response_format(&format.name, &format.schema, format.strict)
+        {
+            body["response_format"] = sent;
         }
         if !self.tools.is_empty() {
             body["tools"] = Value::Array(self.tools.clone());
@@ -479,6 +499,8 @@ pub struct LlmClient {
     limiter: Option<(Arc<dyn RateLimiter>, RateLimits)>,
     /// Replies of earlier identical requests, when configured.
     cache: Option<ResponseCache>,
+    /// The structured-output shape this server takes, learned from its refusals.
+    structured: Negotiated,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -515,13 +537,14 @@ impl LlmClient {
         })?;
         let permits = Semaphore::new(config.concurrency.max(1));
         Ok(LlmClient {
-            config,
             endpoint,
             http,
             permits,
             metrics: LlmMetrics::default(),
             limiter: None,
             cache: None,
+            structured: Negotiated::new(config.structured_output),
+            config,
         })
     }
 
@@ -563,29 +586,19 @@ impl LlmClient {
         self.metrics.snapshot()
     }
 
+    /// The structured-output shape requests are sent with now (learned from refusals).
+    pub fn structured_output(&self) -> OutputShape {
+        self.structured.current()
+    }
+
     /// Send one chat request, retrying retryable failures; see the module docs.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let started = Instant::now();
-        let body = request.body();
-        let cache_key = self.cache.as_ref().map(|_| ResponseCache::key(&body));
-        if let (Some(cache), Some(key)) = (&self.cache, &cache_key)
-            && let Some(cached) = cache.get(key).await
-        {
-            metrics::LLM_CACHE_HITS.inc();
-            return Ok(ChatResponse {
-                content: cached.content,
-                tool_calls: cached.tool_calls,
-                finish_reason: cached.finish_reason,
-                usage: TokenUsage {
-                    cached_calls: 1,
-                    ..TokenUsage::default()
-                },
-                usage_estimated: false,
-                model: cached.model,
-                attempts: 0,
-                latency: started.elapsed(),
-                cached: true,
-            });
+        let mut shape = self.structured.current();
+        let mut body = request.body(shape);
+        let mut cache_key = self.cache.as_ref().map(|_| ResponseCache::key(&body));
+        if let Some(cached) = self.cached(cache_key.as_deref(), started).await {
+            return Ok(cached);
         }
         let mut attempts = 0u32;
         loop {
@@ -633,6 +646,34 @@ impl LlmClient {
                     }
                     return Ok(response);
                 }
+                Attempt::Fail(LlmError::Rejected { status, message })
+                    if request.response_format.is_some() && refuses_response_format(&message) =>
+                {
+                    let Some(next) = self.structured.step_down(shape) else {
+                        bump(&self.metrics.failed_calls, 1);
+                        return Err(LlmError::Rejected {
+                            status,
+                            message: format!(
+                                "the server at {} rejects the response format {shape} ({message}); run with --structured-output prompt",
+                                self.config.base_url
+                            ),
+                        });
+                    };
+                    if next != shape {
+                        tracing::warn!(
+                            refused = %shape,
+                            now = %next,
+                            %message,
+                            "the LLM server refuses this structured-output format; asking for JSON another way"
+                        );
+                    }
+                    shape = next;
+                    body = request.body(shape);
+                    cache_key = self.cache.as_ref().map(|_| ResponseCache::key(&body));
+                    if let Some(cached) = self.cached(cache_key.as_deref(), started).await {
+                        return Ok(cached);
+                    }
+                }
                 Attempt::Fail(error) => {
                     bump(&self.metrics.failed_calls, 1);
                     return Err(error);
@@ -663,6 +704,26 @@ impl LlmClient {
                 }
             }
         }
+    }
+
+    /// The cached reply under `key`, if the client has a cache and it holds one.
+    async fn cached(&self, key: Option<&str>, started: Instant) -> Option<ChatResponse> {
+        let cached = self.cache.as_ref()?.get(key?).await?;
+        metrics::LLM_CACHE_HITS.inc();
+        Some(ChatResponse {
+            content: cached.content,
+            tool_calls: cached.tool_calls,
+            finish_reason: cached.finish_reason,
+            usage: TokenUsage {
+                cached_calls: 1,
+                ..TokenUsage::default()
+            },
+            usage_estimated: false,
+            model: cached.model,
+            attempts: 0,
+            latency: started.elapsed(),
+            cached: true,
+        })
     }
 
     /// Exponential backoff with jitter: `base * 2^(attempt-1)`, times a random factor in
@@ -709,6 +770,20 @@ impl LlmClient {
             Err(error) => return self.transport_error(error),
         };
         if status.is_success() {
+            if let Some(message) = error_in_success(&bytes) {
+                let message = self.scrub(&message);
+                return if names_request_field(&message) {
+                    Attempt::Fail(LlmError::Rejected {
+                        status: status.as_u16(),
+                        message,
+                    })
+                } else {
+                    Attempt::Retry {
+                        reason: format!("HTTP {} with an error body: {message}", status.as_u16()),
+                        retry_after,
+                    }
+                };
+            }
             return match parse_reply(request, &bytes) {
                 Ok(reply) => Attempt::Done(reply),
                 Err(reason) => Attempt::Retry {
@@ -721,7 +796,7 @@ impl LlmClient {
         if status == StatusCode::TOO_MANY_REQUESTS {
             bump(&self.metrics.rate_limited, 1);
         }
-        if is_retryable(status) {
+        if is_retryable(status) && !(status.is_server_error() && names_request_field(&message)) {
             Attempt::Retry {
                 reason: format!("HTTP {}: {message}", status.as_u16()),
                 retry_after,
@@ -758,6 +833,45 @@ impl LlmClient {
             _ => text.to_string(),
         }
     }
+}
+
+/// Whether a server's error message blames a field of the request (its response format, its
+/// tools, its length): the same request fails the same way however often it is sent, so such a
+/// 500 is a refusal, not an outage (llama-cpp-python answers request validation errors with 500).
+fn names_request_field(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    refuses_response_format(message)
+        || lower.contains("'tools'")
+        || lower.contains("\"tools\"")
+        || lower.contains("tool_choice")
+        || is_context_overflow(&lower)
+}
+
+/// Whether an error message says the prompt does not fit the model's context (vLLM, OpenAI,
+/// llama.cpp and llama-cpp-python wordings).
+pub fn is_context_overflow(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("maximum context length")
+        || lower.contains("context_length_exceeded")
+        || lower.contains("exceed context window")
+        || lower.contains("exceeds the available context")
+        || lower.contains("context size")
+}
+
+/// The error message of a 2xx body that carries `{"error": ...}` and no choices (some proxies and
+/// servers answer errors with 200).
+fn error_in_success(bytes: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    if value.get("choices").is_some() {
+        return None;
+    }
+    let error = value.get("error")?;
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| error.to_string());
+    Some(shorten(&message, 500))
 }
 
 fn is_retryable(status: StatusCode) -> bool {
@@ -1004,7 +1118,7 @@ mod tests {
             schema: serde_json::json!({"type": "object"}),
             strict: true,
         });
-        let body = request.body();
+        let body = request.body(OutputShape::JsonSchema);
         assert_eq!(body["response_format"]["type"], "json_schema");
         assert_eq!(body["response_format"]["json_schema"]["name"], "items");
         assert_eq!(body["response_format"]["json_schema"]["strict"], true);

@@ -806,3 +806,119 @@ async fn the_response_cache_answers_a_rerun_without_calls() {
     cached(&server).generate(&warmer).await.unwrap();
     assert!(server.requests() > calls);
 }
+
+#[tokio::test]
+async fn a_server_that_refuses_json_schema_gets_json_object_once_learned() {
+    let server = spawn(ServerConfig {
+        refuse_json_schema: true,
+        record_requests: true,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (client, generator) = openai(llm_config(&server));
+    let generation = generator
+        .generate(&two_sections())
+        .await
+        .expect("generation");
+    assert!(generation.report.accepted > 0, "{:?}", generation.report);
+    assert_counts_add_up(&generation);
+    let stats = server.stats();
+    assert!(
+        stats.formats_refused <= 2,
+        "json_schema refused at most once per concurrent first call, then remembered: {stats:?}"
+    );
+    assert_eq!(
+        stats.server_errors, 0,
+        "the 500 was not retried as an outage"
+    );
+    assert_eq!(client.structured_output().as_str(), "json_object");
+    let later: Vec<_> = server
+        .recorded()
+        .into_iter()
+        .skip(stats.formats_refused as usize)
+        .collect();
+    assert!(later.iter().all(|r| {
+        r.body["response_format"]["type"] == "json_object"
+            && r.body["response_format"]["schema"].is_object()
+            && r.body.to_string().contains("JSON Schema (principia_")
+    }));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_refuses_both_formats_gets_the_schema_in_the_prompt() {
+    let server = spawn(ServerConfig {
+        refuse_json_schema: true,
+        refuse_json_object: true,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (client, generator) = openai(llm_config(&server));
+    let generation = generator
+        .generate(&one_section())
+        .await
+        .expect("generation");
+    assert!(generation.report.accepted > 0, "{:?}", generation.report);
+    assert_eq!(client.structured_output().as_str(), "prompt");
+    assert!(server.stats().formats_refused <= 2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fixed_structured_output_mode_that_is_refused_fails_with_an_actionable_message() {
+    let server = spawn(ServerConfig {
+        refuse_json_schema: true,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut config = llm_config(&server);
+    config.structured_output = worker::structured_output::StructuredOutput::JsonSchema;
+    let (_, generator) = openai(config);
+    let error = generator
+        .generate(&one_section())
+        .await
+        .expect_err("refused");
+    let GenerateError::Permanent(message) = error else {
+        panic!("a refusal is permanent: {error:?}");
+    };
+    assert!(
+        message.contains("rejects the response format json_schema"),
+        "{message}"
+    );
+    assert!(message.contains("--structured-output prompt"), "{message}");
+    assert_eq!(server.stats().formats_refused, 1, "not retried");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_error_body_with_status_200_is_not_taken_for_a_reply() {
+    let server = spawn(ServerConfig {
+        scripted: vec![
+            ScriptedReply::Status {
+                status: 200,
+                body: r#"{"error":{"message":"upstream overloaded"}}"#.into(),
+                retry_after: None,
+            },
+            ScriptedReply::Status {
+                status: 200,
+                body: r#"{"error":{"message":"This model's maximum context length is 2048 tokens. However, you requested 4000 tokens."}}"#.into(),
+                retry_after: None,
+            },
+        ],
+        ..ServerConfig::default()
+    })
+    .await;
+    let (client, _) = openai(llm_config(&server));
+    let request = ChatRequest::new("gen-model", vec![ChatMessage::user("hi")]);
+    // The first is an outage (retried); the second names the request (not retried).
+    let error = client.chat(request).await.expect_err("context overflow");
+    match error {
+        LlmError::Rejected { status, message } => {
+            assert_eq!(status, 200);
+            assert!(message.contains("maximum context length"), "{message}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(server.requests(), 2);
+    server.shutdown().await.unwrap();
+}
