@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use proto::report::LlmServer;
 use proto::{PrincipleTree, Record, ShardReport, TokenUsage, UncoveredSection};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,10 @@ pub struct JobReport {
     pub generator: String,
     pub model: Option<String>,
     pub judge_model: Option<String>,
+    /// The LLM server as the last shard that used one found it: endpoint, structured output,
+    /// tools (see `tokens.estimated_calls` for replies without usage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_server: Option<LlmServer>,
     pub shards: ShardCounts,
     pub sections: SectionCounts,
     pub items: ItemCounts,
@@ -209,6 +214,11 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
         generator: first.map(|r| r.generator.clone()).unwrap_or_default(),
         model: first.and_then(|r| r.model.clone()),
         judge_model: input.records.first().and_then(|r| r.judge_model.clone()),
+        llm_server: input
+            .shard_reports
+            .iter()
+            .rev()
+            .find_map(|r| r.llm_server.clone()),
         shards: ShardCounts {
             total: input.shards_total,
             reused: input.shards_reused,
@@ -332,6 +342,23 @@ pub fn render(report: &JobReport) -> String {
         _ => String::new(),
     };
     let _ = writeln!(out, "generator: {}{model}", report.generator);
+    if let Some(server) = &report.llm_server {
+        let _ = writeln!(
+            out,
+            "LLM server: {} (structured output {}, tools {}{})",
+            server.endpoint,
+            server.structured_output,
+            if server.tools { "on" } else { "off" },
+            if report.tokens.estimated_calls > 0 {
+                format!(
+                    "; no usage reported: tokens of {} calls estimated",
+                    report.tokens.estimated_calls
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "shards: {} total, {} processed, {} reused, {} failed",

@@ -67,6 +67,9 @@ pub struct TokenUsage {
     /// Requests answered from the response cache (no tokens spent).
     #[serde(default)]
     pub cached_calls: u64,
+    /// Calls whose reply reported no `usage`: their tokens are estimated (bytes / 4).
+    #[serde(default)]
+    pub estimated_calls: u64,
 }
 
 impl TokenUsage {
@@ -75,11 +78,24 @@ impl TokenUsage {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.cached_calls += other.cached_calls;
+        self.estimated_calls += other.estimated_calls;
     }
 
     pub fn total(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens
     }
+}
+
+/// What the generator learned about its LLM server: where it is (never the key) and what it
+/// accepts, as negotiated by the end of the shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmServer {
+    /// The base URL requests went to.
+    pub endpoint: String,
+    /// How replies' JSON was asked for: `json_schema`, `json_object` or `prompt`.
+    pub structured_output: String,
+    /// Whether generation calls still offered tools (false once refused or ignored, or when off).
+    pub tools: bool,
 }
 
 /// A section that ended with fewer accepted items than the job asked for.
@@ -115,6 +131,9 @@ pub struct ShardReport {
     pub question_types: BTreeMap<String, u64>,
     pub usage: TokenUsage,
     pub duration_ms: u64,
+    /// The LLM server as the generator found it (none for generators without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_server: Option<LlmServer>,
     /// Why the shard generated nothing at all, when it was skipped (e.g. the budget was spent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncovered_reason: Option<String>,

@@ -649,7 +649,7 @@ impl LlmClient {
                 Attempt::Fail(LlmError::Rejected { status, message })
                     if request.response_format.is_some() && refuses_response_format(&message) =>
                 {
-                    let Some(next) = self.structured.step_down(shape) else {
+                    let Some((next, changed)) = self.structured.step_down(shape) else {
                         bump(&self.metrics.failed_calls, 1);
                         return Err(LlmError::Rejected {
                             status,
@@ -659,7 +659,7 @@ impl LlmClient {
                             ),
                         });
                     };
-                    if next != shape {
+                    if changed {
                         tracing::warn!(
                             refused = %shape,
                             now = %next,
@@ -871,7 +871,7 @@ fn error_in_success(bytes: &[u8]) -> Option<String> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| error.to_string());
-    Some(shorten(&message, 500))
+    Some(shorten(&one_line(&message), 500))
 }
 
 fn is_retryable(status: StatusCode) -> bool {
@@ -917,7 +917,13 @@ fn error_message(bytes: &[u8]) -> String {
         Ok(body) => body.error.message,
         Err(_) => String::from_utf8_lossy(bytes).trim().to_string(),
     };
-    shorten(&text, 500)
+    shorten(&one_line(&text), 500)
+}
+
+/// The text on one line: whitespace runs (a server's traceback, a multi-line validation error)
+/// become one space, so a logged or reported message is one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn shorten(text: &str, max: usize) -> String {
@@ -1002,6 +1008,7 @@ fn parse_reply(request: &ChatRequest, bytes: &[u8]) -> Result<ChatResponse, Stri
             prompt_tokens,
             completion_tokens,
             cached_calls: 0,
+            estimated_calls: u64::from(reported.is_none()),
         },
         usage_estimated: reported.is_none(),
         model: wire.model.unwrap_or_else(|| request.model.clone()),

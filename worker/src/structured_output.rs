@@ -129,20 +129,24 @@ impl Negotiated {
         OutputShape::from_u8(self.shape.load(Ordering::Relaxed))
     }
 
-    /// After `refused` was refused: the next shape to try, or `None` when there is none (a fixed
-    /// mode, or already at the floor). Concurrent refusals of the same shape step down once.
-    pub fn step_down(&self, refused: OutputShape) -> Option<OutputShape> {
+    /// After `refused` was refused: the next shape to try and whether this call made the step
+    /// (so that it is said once), or `None` when there is none (a fixed mode, or already at the
+    /// floor). Concurrent refusals of the same shape step down once.
+    pub fn step_down(&self, refused: OutputShape) -> Option<(OutputShape, bool)> {
         if refused >= self.floor {
             return None;
         }
         let next = OutputShape::from_u8(refused as u8 + 1);
-        let _ = self.shape.compare_exchange(
-            refused as u8,
-            next as u8,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        Some(self.current().max(next))
+        let changed = self
+            .shape
+            .compare_exchange(
+                refused as u8,
+                next as u8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        Some((self.current().max(next), changed))
     }
 }
 
@@ -166,16 +170,16 @@ mod tests {
         assert_eq!(negotiated.current(), OutputShape::JsonSchema);
         assert_eq!(
             negotiated.step_down(OutputShape::JsonSchema),
-            Some(OutputShape::JsonObject)
+            Some((OutputShape::JsonObject, true))
         );
         // A second refusal of the shape already left does not step down twice.
         assert_eq!(
             negotiated.step_down(OutputShape::JsonSchema),
-            Some(OutputShape::JsonObject)
+            Some((OutputShape::JsonObject, false))
         );
         assert_eq!(
             negotiated.step_down(OutputShape::JsonObject),
-            Some(OutputShape::Prompt)
+            Some((OutputShape::Prompt, true))
         );
         assert_eq!(negotiated.step_down(OutputShape::Prompt), None);
         assert_eq!(negotiated.current(), OutputShape::Prompt);

@@ -517,6 +517,7 @@ async fn usage_is_estimated_when_the_server_omits_it() {
         .unwrap();
     assert!(reply.usage_estimated);
     assert_eq!(reply.usage.calls, 1);
+    assert_eq!(reply.usage.estimated_calls, 1, "counted as estimated");
     assert_eq!(reply.usage.prompt_tokens, 104);
     assert_eq!(reply.usage.completion_tokens, 1);
     assert_eq!(reply.attempts, 1);
@@ -832,6 +833,13 @@ async fn a_server_that_refuses_json_schema_gets_json_object_once_learned() {
         "the 500 was not retried as an outage"
     );
     assert_eq!(client.structured_output().as_str(), "json_object");
+    let found = generation
+        .report
+        .llm_server
+        .as_ref()
+        .expect("server reported");
+    assert_eq!(found.structured_output, "json_object");
+    assert_eq!(found.endpoint, server.url);
     let later: Vec<_> = server
         .recorded()
         .into_iter()

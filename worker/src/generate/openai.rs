@@ -43,7 +43,7 @@
 //! (bad key, unknown model, malformed request) makes it [`GenerateError::Permanent`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -90,12 +90,6 @@ pub const CRITERIA: [&str; 5] = [
 const EXTRA_TYPES: [&str; 3] = ["scenario", "out_of_scope", "other"];
 const OTHER_TYPE: &str = "other";
 
-/// Generation calls in a row that offer tools and get no tool call before the process stops
-/// offering them (a server that ignores `tools`, as llama-cpp-python does without a
-/// function-calling chat format): the lookups are in the prompt anyway, the definitions cost
-/// prompt tokens on every call.
-pub const TOOLS_IGNORED_AFTER: u64 = 8;
-
 /// Loaded lookup indexes kept at most (one per job and tree version in progress).
 const LOADED_LOOKUPS: usize = 8;
 
@@ -106,11 +100,8 @@ pub struct OpenAiGenerator {
     model: String,
     judge_model: String,
     lookups: Option<LookupSource>,
-    /// Set once the server refused a request with tools, or ignored them
-    /// [`TOOLS_IGNORED_AFTER`] times running: lookups go into prompts only from then on.
+    /// Set once the server refused a request with tools: lookups go into prompts from then on.
     tools_refused: Arc<AtomicBool>,
-    /// Generation calls that offered tools and got no tool call, since the last one that did.
-    tools_ignored: Arc<AtomicU64>,
 }
 
 /// Where shards' lookup indexes are read, and the ones loaded.
@@ -138,7 +129,6 @@ impl OpenAiGenerator {
             judge_model,
             lookups: None,
             tools_refused: Arc::new(AtomicBool::new(false)),
-            tools_ignored: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -200,27 +190,12 @@ impl OpenAiGenerator {
             );
         }
     }
-
-    /// Count a generation call that offered tools: `called` tools or not. Tools ignored
-    /// [`TOOLS_IGNORED_AFTER`] calls in a row are no longer offered.
-    fn note_tools_offered(&self, called: bool) {
-        if called {
-            self.tools_ignored.store(0, Ordering::Relaxed);
-            return;
-        }
-        let ignored = self.tools_ignored.fetch_add(1, Ordering::Relaxed) + 1;
-        if ignored == TOOLS_IGNORED_AFTER {
-            self.note_tools_refused(&format!(
-                "tools offered {ignored} times in a row and never called"
-            ));
-        }
-    }
 }
 
 /// Whether a rejected request was refused for offering tools.
 fn refuses_tools(error: &LlmError) -> bool {
     matches!(error, LlmError::Rejected { status, message }
-        if matches!(status, 400 | 422 | 501) && message.to_lowercase().contains("tool"))
+        if matches!(status, 400 | 422 | 500 | 501) && message.to_lowercase().contains("tool"))
 }
 
 #[async_trait]
@@ -249,6 +224,12 @@ impl Generator for OpenAiGenerator {
         generation.report.shard_id = shard.shard_id.clone();
         generation.report.generator = self.name().to_string();
         generation.report.model = self.model(&shard.spec);
+        generation.report.llm_server = Some(proto::report::LlmServer {
+            endpoint: self.client.config().base_url.clone(),
+            structured_output: self.client.structured_output().as_str().to_string(),
+            tools: self.client.config().tools == ToolMode::Auto
+                && !self.tools_refused.load(Ordering::Relaxed),
+        });
         generation.report.sections = shard.sections.len() as u64;
         for outcome in outcomes {
             generation.report.candidates += outcome.candidates;
@@ -383,9 +364,6 @@ impl OpenAiGenerator {
                 result => {
                     outcome.lookups += hints.0.len() as u64;
                     if let Some(session) = session {
-                        if result.is_ok() {
-                            self.note_tools_offered(session.calls > 0);
-                        }
                         outcome.lookups += session.calls;
                         for text in session.consulted {
                             if !consulted.iter().any(|c| c.node_id == text.node_id) {
