@@ -267,6 +267,74 @@ fn list_items_are_read_with_their_chapeau() {
     assert_eq!(first.question_type, "definition");
 }
 
+/// Subdivisions as the USLM reader writes them: `(x) Heading. Text`, or a heading alone on its
+/// line above deeper paragraphs.
+const HEADED: &str = "\
+(a) Types of fees. Beginning in fiscal year 2023, the Secretary shall assess and collect fees in accordance with this section as follows:
+  (1) Human drug application fee.
+    (A) In general. Each person that submits a human drug application shall be subject to a fee as follows:
+      (i) A fee established under subsection (c) for an application for which clinical data are required for approval.
+      (ii) A fee established under subsection (c) for an application for which clinical data are not required for approval.
+    (B) Payment. The fee required by subparagraph (A) shall be due upon submission of the application.
+  (2) Repealed. Pub. L. 101-647, title XXIII, § 2301(b), Nov. 29, 1990.
+(b) Misbranded food. A food shall be deemed to be misbranded—
+  (1) False or misleading label. If its labeling is false or misleading in any particular.
+  (2) Package form. If in package form unless it bears a label containing the name of the manufacturer, except that reasonable variations shall be permitted by regulations.
+";
+
+#[test]
+fn headings_are_no_answers_and_the_text_under_them_is() {
+    let g = generate(HEADED, 50);
+    let headings = [
+        "Types of fees.",
+        "Human drug application fee.",
+        "In general.",
+        "Payment.",
+        "Misbranded food.",
+        "False or misleading label.",
+        "Package form.",
+    ];
+    for item in &g.items {
+        for heading in headings {
+            assert!(!item.answer.ends_with(heading), "{}", item.answer);
+            assert!(
+                item.evidence.iter().all(|q| !q.text.starts_with(heading)),
+                "{:?}",
+                item.evidence
+            );
+        }
+        assert!(!item.answer.contains("Repealed"), "{}", item.answer);
+        assert!(
+            !item.question.contains("regarding in general"),
+            "{}",
+            item.question
+        );
+    }
+    let answers: Vec<&str> = g.items.iter().map(|i| i.answer.as_str()).collect();
+    assert!(answers.contains(
+        &"Each person that submits a human drug application shall be subject to a fee as follows: \
+          A fee established under subsection (c) for an application for which clinical data are \
+          required for approval."
+    ));
+    assert!(answers.contains(
+        &"The fee required by subparagraph (A) shall be due upon submission of the application."
+    ));
+    // A condition of what the chapeau deems is read with it, even with a clause of its own.
+    assert!(answers.contains(
+        &"A food shall be deemed to be misbranded— If in package form unless it bears a label \
+          containing the name of the manufacturer, except that reasonable variations shall be \
+          permitted by regulations."
+    ));
+    assert_eq!(
+        question_for(&g, "shall be due upon submission"),
+        "What does 21 U.S.C. 999(a)(1)(B) require regarding payment?"
+    );
+    assert_eq!(
+        g.report.candidates,
+        g.report.accepted + g.report.rejected_total()
+    );
+}
+
 #[test]
 fn a_list_of_fragments_is_answered_whole() {
     let text = "(d) Knowledge\n\

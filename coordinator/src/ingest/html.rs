@@ -4,9 +4,11 @@
 //! `<article>`, else `<body>` without its top-level `<header>` and `<footer>`. Navigation, asides,
 //! scripts, styles, forms' controls, hidden elements and ARIA banners are dropped. Content is
 //! rendered like the markdown reader's: paragraphs separated by blank lines, list items as
-//! `- item` or `1. item`, table rows as `| a | b |`, `<pre>` kept as written. A page without
-//! headings goes through the plain-text heuristics with a warning. Parsing is html5ever's (via
-//! `scraper`), which repairs any tag soup into a tree; the tree is walked without recursion.
+//! `- item` or `1. item`, table rows as `| a | b |`, `<pre>` kept as written, digits in `<sup>` as
+//! superscript digits (`¹`), footnote back-link arrows (`↩`) dropped. A page without headings
+//! goes through the plain-text heuristics with a warning. Parsing is html5ever's (via `scraper`),
+//! which repairs any tag soup into a tree; the tree is walked without recursion. The same
+//! rendering turns HTML inside markdown into text ([`fragment_text`]).
 
 use std::path::Path;
 
@@ -23,8 +25,37 @@ const MAX_INDENT: usize = 8;
 pub(super) fn read(path: &Path, text: &str) -> Result<Ingested, IngestError> {
     let document = Html::parse_document(text);
     let (content, is_body) = main_content(&document);
-    let pieces = Renderer::new(content.id(), is_body).render(content);
+    let pieces = Renderer::new(content.id(), is_body, true).render(content);
     outline::from_pieces(path, pieces, "h1-h6 headings")
+}
+
+/// An HTML fragment (markdown's inline HTML and HTML blocks) as the text a reader sees, rendered
+/// as pages are: tags removed, entities decoded, scripts and styles dropped, paragraphs separated
+/// by blank lines, list items and `<br>` on lines of their own. Headings are text here, not
+/// structure.
+pub(super) fn fragment_text(html: &str) -> String {
+    let fragment = Html::parse_fragment(html);
+    let root = fragment.root_element();
+    let mut text = String::new();
+    let mut last_was_list_item = false;
+    for piece in Renderer::new(root.id(), false, false).render(root) {
+        if let Piece::Block {
+            text: block,
+            list_item,
+        } = piece
+        {
+            if !text.is_empty() {
+                text.push_str(if list_item && last_was_list_item {
+                    "\n"
+                } else {
+                    "\n\n"
+                });
+            }
+            text.push_str(&block);
+            last_was_list_item = list_item;
+        }
+    }
+    text
 }
 
 /// Whether text (trimmed at the start) opens like an HTML page: a doctype or an `<html>`,
@@ -127,6 +158,18 @@ fn heading_level(name: &str) -> Option<usize> {
     }
 }
 
+/// The arrow of a footnote's link back to its reference.
+const BACK_LINK_ARROW: char = '\u{21a9}';
+
+/// `39` → `³⁹`: a footnote number as a reader sees it.
+fn superscript_digits(digits: &str) -> String {
+    const SUPERSCRIPTS: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
+    digits
+        .bytes()
+        .map(|b| SUPERSCRIPTS[usize::from(b - b'0')])
+        .collect()
+}
+
 /// An open table: finished rows, the open row's cells, the open cell.
 #[derive(Default)]
 struct Table {
@@ -141,6 +184,8 @@ struct Renderer {
     root: NodeId,
     /// The content is the whole body: its own header and footer are page chrome.
     is_body: bool,
+    /// Whether `h1`-`h6` are headings (a page) or text (a fragment inside another format).
+    reads_headings: bool,
     pieces: Vec<Piece>,
     /// An element being skipped with everything in it.
     skipping: Option<NodeId>,
@@ -154,13 +199,16 @@ struct Renderer {
     /// Depth of tables inside the open table's cells (their cells become words of the cell).
     inner_tables: usize,
     preformatted: usize,
+    /// Depth of open `<sup>` elements.
+    superscript: usize,
 }
 
 impl Renderer {
-    fn new(root: NodeId, is_body: bool) -> Self {
+    fn new(root: NodeId, is_body: bool, reads_headings: bool) -> Self {
         Renderer {
             root,
             is_body,
+            reads_headings,
             pieces: Vec::new(),
             skipping: None,
             heading: None,
@@ -170,6 +218,7 @@ impl Renderer {
             table: None,
             inner_tables: 0,
             preformatted: 0,
+            superscript: 0,
         }
     }
 
@@ -212,6 +261,9 @@ impl Renderer {
 
     fn open(&mut self, element: &scraper::node::Element) {
         let name = element.name();
+        if name == "sup" {
+            self.superscript += 1;
+        }
         if let Some(table) = &mut self.table {
             match name {
                 "table" => self.inner_tables += 1,
@@ -230,6 +282,7 @@ impl Renderer {
         }
         if let Some(level) = heading_level(name)
             && self.lists.is_empty()
+            && self.reads_headings
         {
             self.flush();
             self.heading = Some((level, String::new()));
@@ -267,12 +320,20 @@ impl Renderer {
                 self.block.push_str("---");
                 self.flush();
             }
-            _ if is_block(name) => self.flush(),
+            _ if is_block(name) || self.heading_as_text(name) => self.flush(),
             _ => {}
         }
     }
 
+    /// A heading of a fragment: a block of text.
+    fn heading_as_text(&self, name: &str) -> bool {
+        !self.reads_headings && heading_level(name).is_some()
+    }
+
     fn close(&mut self, name: &str) {
+        if name == "sup" {
+            self.superscript = self.superscript.saturating_sub(1);
+        }
         if let Some(table) = &mut self.table {
             match name {
                 "table" if self.inner_tables > 0 => self.inner_tables -= 1,
@@ -312,14 +373,32 @@ impl Renderer {
                 self.lists.pop();
             }
             "li" => self.flush(),
-            _ if is_block(name) => self.flush(),
+            _ if is_block(name) || self.heading_as_text(name) => self.flush(),
             _ => {}
         }
     }
 
     fn text(&mut self, text: &str) {
+        // A footnote's back-link arrow (`↩`, with or without its text/emoji variant selector)
+        // points the browser back to the reference; it is no text of the document.
+        let without_arrows;
+        let text = if text.contains(BACK_LINK_ARROW) {
+            without_arrows = text
+                .replace(BACK_LINK_ARROW, "")
+                .replace(['\u{fe0e}', '\u{fe0f}'], "");
+            &without_arrows
+        } else {
+            text
+        };
         if self.preformatted > 0 && self.heading.is_none() && self.table.is_none() {
             self.block.push_str(text);
+            return;
+        }
+        if self.superscript > 0
+            && !text.trim().is_empty()
+            && text.trim().bytes().all(|b| b.is_ascii_digit())
+        {
+            self.push(&superscript_digits(text.trim()));
             return;
         }
         // Runs of whitespace are one space, as a browser shows them.
@@ -422,6 +501,21 @@ mod tests {
     }
 
     #[test]
+    fn footnote_numbers_are_superscripts_and_back_links_are_dropped() {
+        let root = read_str(
+            "<body><h1>Policy</h1><p>Agencies spend money.<sup><a href=#fn1>1</a></sup> \
+             The 1<sup>st</sup> rule.</p><ol><li id=fn1><sup>12</sup> A note. \
+             <a href=#fnr1>&#8617;&#xFE0E;</a></li></ol></body>",
+        )
+        .tree
+        .root;
+        assert_eq!(
+            root.content,
+            "Agencies spend money.\u{b9} The 1st rule.\n\n1. \u{b9}\u{b2} A note."
+        );
+    }
+
+    #[test]
     fn main_element_is_the_content() {
         let tree = read_str(
             "<body><h1>Site name</h1><main><h1>Rules</h1><p>Text.</p></main><h2>Other</h2></body>",
@@ -429,6 +523,14 @@ mod tests {
         .tree;
         assert_eq!(tree.root.label, "Rules");
         assert!(tree.root.children.is_empty());
+    }
+
+    #[test]
+    fn a_fragment_is_its_text_with_headings_as_text() {
+        assert_eq!(
+            fragment_text("<h3> FROM: <br/>A<br/>B</h3><p>x &amp; y</p><style>p {}</style>"),
+            "FROM:\nA\nB\n\nx & y"
+        );
     }
 
     #[test]

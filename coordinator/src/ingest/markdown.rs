@@ -1,8 +1,13 @@
 //! Markdown reader: headings make the tree, the text between two headings is a section's content.
 //!
 //! Content is rendered back to plain, markdown-like text (paragraphs separated by blank lines, list
-//! items as `- item`, table rows as `| a | b |`, code and link text kept, inline HTML kept as
-//! written). Front matter (YAML `---` or TOML `+++`) is dropped. The sections become a tree as
+//! items as `- item`, table rows as `| a | b |`, code and link text kept). A paragraph, heading or
+//! table cell with inline HTML, and an HTML block, is rendered to the text a reader sees by the
+//! HTML reader's renderer ([`html::fragment_text`](super::html::fragment_text)): tags removed,
+//! entities decoded, `<li>`, `<p>`, `<br>` on lines of their own, scripts and styles and footnote
+//! back-link arrows dropped. An indented block inside an element an HTML block left open (a
+//! tab-indented `<li>` after `<ul>` and a blank line) is HTML, as browsers read it, not code.
+//! Front matter (YAML `---` or TOML `+++`) is dropped. The sections become a tree as
 //! [`outline::build`](super::outline::build) nests them: a document whose only H1 is its first
 //! heading takes that heading as its root, skipped levels are normalised with a warning.
 
@@ -40,7 +45,53 @@ pub(super) fn has_headings(text: &str) -> bool {
 struct OpenHeading {
     level: usize,
     line: usize,
+    text: Collected,
+}
+
+/// The text of a block, heading or table cell as it is read: plain text, and once raw HTML
+/// appears in it, all of it as HTML (the plain text escaped), rendered to text when it ends.
+#[derive(Default)]
+struct Collected {
     text: String,
+    html: Option<String>,
+}
+
+impl Collected {
+    fn push_text(&mut self, text: &str) {
+        self.text.push_str(text);
+        if let Some(html) = &mut self.html {
+            push_escaped(html, text);
+        }
+    }
+
+    fn push_html(&mut self, raw: &str) {
+        let text = &self.text;
+        self.html
+            .get_or_insert_with(|| {
+                let mut html = String::new();
+                push_escaped(&mut html, text);
+                html
+            })
+            .push_str(raw);
+    }
+
+    /// The text as a reader sees it.
+    fn into_text(self) -> String {
+        match self.html {
+            Some(html) => super::html::fragment_text(&html),
+            None => self.text,
+        }
+    }
+}
+
+/// Markdown's text in HTML: escaped, its line breaks (hard breaks, code block lines) kept as `<br>`.
+fn push_escaped(html: &mut String, text: &str) {
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            html.push_str("<br>\n");
+        }
+        html_escape::encode_text_to_string(line, html);
+    }
 }
 
 /// Turns pulldown-cmark events into sections with plain-text content.
@@ -53,9 +104,9 @@ struct Reader<'t> {
     /// Finished blocks of the current section.
     content: String,
     /// Text of the block being built.
-    block: String,
+    block: Collected,
     /// Open table cell, table row and finished table rows.
-    cell: Option<String>,
+    cell: Option<Collected>,
     row: Vec<String>,
     table: Vec<String>,
     /// Open lists, innermost last: the next number of an ordered list, `None` for bullets.
@@ -64,6 +115,10 @@ struct Reader<'t> {
     marker: Option<String>,
     quotes: usize,
     in_metadata: bool,
+    /// The element an HTML block opened and no HTML block has closed yet (`ul` of `<ul>`).
+    open_html_element: Option<String>,
+    /// The indented code block being read is HTML inside that element.
+    code_is_html: bool,
     /// Whether the last block written was part of a list (tight items are not blank-separated).
     last_in_list: bool,
 }
@@ -76,7 +131,7 @@ impl<'t> Reader<'t> {
             preamble: String::new(),
             heading: None,
             content: String::new(),
-            block: String::new(),
+            block: Collected::default(),
             cell: None,
             row: Vec::new(),
             table: Vec::new(),
@@ -84,6 +139,8 @@ impl<'t> Reader<'t> {
             marker: None,
             quotes: 0,
             in_metadata: false,
+            open_html_element: None,
+            code_is_html: false,
             last_in_list: false,
         }
     }
@@ -93,18 +150,18 @@ impl<'t> Reader<'t> {
             Event::Start(tag) => self.start(tag, offset),
             Event::End(tag) => self.end(tag),
             Event::Text(_) if self.in_metadata => {}
+            Event::Text(html) if self.code_is_html => self.block.push_html(&html),
             Event::Text(text)
             | Event::Code(text)
-            | Event::InlineHtml(text)
-            | Event::Html(text)
             | Event::InlineMath(text)
             | Event::DisplayMath(text) => self.text(&text),
+            Event::InlineHtml(html) | Event::Html(html) => self.collected().push_html(&html),
             Event::FootnoteReference(name) => self.text(&format!("[^{name}]")),
             Event::SoftBreak => self.text(" "),
             Event::HardBreak => self.text("\n"),
             Event::Rule => {
                 self.flush();
-                self.block.push_str("---");
+                self.block.push_text("---");
                 self.flush();
             }
             Event::TaskListMarker(done) => self.text(if done { "[x] " } else { "[ ] " }),
@@ -118,7 +175,7 @@ impl<'t> Reader<'t> {
                 self.heading = Some(OpenHeading {
                     level: level as usize,
                     line: self.lines.line_at(offset),
-                    text: String::new(),
+                    text: Collected::default(),
                 });
             }
             Tag::MetadataBlock(_) => self.in_metadata = true,
@@ -145,16 +202,20 @@ impl<'t> Reader<'t> {
                 self.flush();
                 self.quotes += 1;
             }
+            Tag::CodeBlock(CodeBlockKind::Indented) if self.open_html_element.is_some() => {
+                self.flush();
+                self.code_is_html = true;
+            }
             Tag::CodeBlock(kind) => {
                 self.flush();
-                self.block.push_str("```");
+                self.block.push_text("```");
                 if let CodeBlockKind::Fenced(info) = kind {
-                    self.block.push_str(&info);
+                    self.block.push_text(&info);
                 }
-                self.block.push('\n');
+                self.block.push_text("\n");
             }
             Tag::TableHead | Tag::TableRow => self.row.clear(),
-            Tag::TableCell => self.cell = Some(String::new()),
+            Tag::TableCell => self.cell = Some(Collected::default()),
             Tag::Paragraph
             | Tag::Heading { .. }
             | Tag::HtmlBlock
@@ -185,14 +246,27 @@ impl<'t> Reader<'t> {
                 self.flush();
                 self.quotes = self.quotes.saturating_sub(1);
             }
+            TagEnd::CodeBlock if self.code_is_html => {
+                self.code_is_html = false;
+                self.flush();
+            }
+            TagEnd::HtmlBlock => {
+                let html = self.block.html.as_deref().unwrap_or_default();
+                self.open_html_element = match self.open_html_element.take() {
+                    Some(open) if !closes(html, &open) => Some(open),
+                    Some(_) => None,
+                    None => left_open(html),
+                };
+                self.flush();
+            }
             TagEnd::CodeBlock => {
-                let code_end = self.block.trim_end_matches('\n').len();
-                self.block.truncate(code_end);
-                self.block.push_str("\n```");
+                let code = &mut self.block.text;
+                code.truncate(code.trim_end_matches('\n').len());
+                code.push_str("\n```");
                 self.flush();
             }
             TagEnd::TableCell => {
-                let cell = self.cell.take().unwrap_or_default();
+                let cell = self.cell.take().unwrap_or_default().into_text();
                 self.row.push(super::xml::collapse(&cell));
             }
             TagEnd::TableHead => {
@@ -202,13 +276,13 @@ impl<'t> Reader<'t> {
             }
             TagEnd::TableRow => self.table.push(table_row(&self.row)),
             TagEnd::Table => {
-                self.block = std::mem::take(&mut self.table).join("\n");
+                let table = std::mem::take(&mut self.table).join("\n");
+                self.block.push_text(&table);
                 self.flush();
             }
             TagEnd::Paragraph
             | TagEnd::Heading(_)
             | TagEnd::Item
-            | TagEnd::HtmlBlock
             | TagEnd::FootnoteDefinition
             | TagEnd::DefinitionList
             | TagEnd::DefinitionListTitle
@@ -224,12 +298,17 @@ impl<'t> Reader<'t> {
     }
 
     fn text(&mut self, text: &str) {
+        self.collected().push_text(text);
+    }
+
+    /// Where text goes: the open heading, else the open table cell, else the block.
+    fn collected(&mut self) -> &mut Collected {
         if let Some(heading) = &mut self.heading {
-            heading.text.push_str(text);
+            &mut heading.text
         } else if let Some(cell) = &mut self.cell {
-            cell.push_str(text);
+            cell
         } else {
-            self.block.push_str(text);
+            &mut self.block
         }
     }
 
@@ -246,7 +325,7 @@ impl<'t> Reader<'t> {
         self.sections.push(Section {
             level: heading.level,
             line: Some(heading.line),
-            label: super::xml::collapse(&heading.text),
+            label: super::xml::collapse(&heading.text.into_text()),
             content: String::new(),
         });
         self.last_in_list = false;
@@ -254,7 +333,7 @@ impl<'t> Reader<'t> {
 
     /// Write the block being built into the section's content, with list and quote prefixes.
     fn flush(&mut self) {
-        let block = std::mem::take(&mut self.block);
+        let block = std::mem::take(&mut self.block).into_text();
         let block = block.trim_matches(|c| c == '\n' || c == ' ');
         if block.is_empty() {
             return;
@@ -295,6 +374,28 @@ impl<'t> Reader<'t> {
         }
         (self.preamble, self.sections)
     }
+}
+
+/// The element an HTML block starts with, when the block does not close it: `ul` of
+/// `<ul style="...">` alone on its lines.
+fn left_open(html: &str) -> Option<String> {
+    const VOID: [&str; 13] = [
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr",
+    ];
+    let name: String = html
+        .trim_start()
+        .strip_prefix('<')?
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (!name.is_empty() && !VOID.contains(&name.as_str()) && !closes(html, &name)).then_some(name)
+}
+
+/// Whether the HTML has the end tag of `element`.
+fn closes(html: &str, element: &str) -> bool {
+    html.to_ascii_lowercase().contains(&format!("</{element}"))
 }
 
 fn table_row(cells: &[String]) -> String {
@@ -350,9 +451,36 @@ mod tests {
         .tree;
         assert_eq!(
             tree.root.content,
-            "Some em and code and link and <b>html</b>.\n\n\
+            "Some em and code and link and html.\n\n\
              - one\n- two\n  - nested\n\n1. first\n2. second\n\n\
              | a | b |\n| --- | --- |\n| 1 | 2 |\n\n```rust\nfn x() {}\n```"
+        );
+    }
+
+    /// Inline HTML, HTML blocks, and a tab-indented `<li>` inside the `<ul>` an HTML block left
+    /// open (an indented code block to CommonMark).
+    #[test]
+    fn inline_and_block_html_is_rendered_to_the_text_a_reader_sees() {
+        let ingested = read_str(
+            "# Policy<br/>Memo\n\n\
+             Agencies spend money.<sup id=\"fnr1\"><a href=\"#fn1\">1</a></sup> More &amp; <b>more</b>.\n\n\
+             <ol type=\"i\">\n  <li>First <em>item</em>;</li>\n  <li>Second &amp; last.</li>\n</ol>\n\
+             <script>var hidden = 1;</script>\n\n\
+             Line one<br/>line two <style>p { color: red }</style>\n\n\
+             | a | b |\n|---|---|\n| x<br>y | &lt;z&gt; |\n\n\
+             <ul style=\"list-style-type:none\">\n\n\
+             \t<li id=\"fn1\"><sup>1</sup> See <a href=\"https://example.gov\">example.gov</a>. <a href=\"#fnr1\">&#8617;</a></li>\n\n\
+             </ul>\n",
+        );
+        let root = &ingested.tree.root;
+        assert_eq!(root.label, "Policy Memo");
+        assert_eq!(
+            root.content,
+            "Agencies spend money.\u{b9} More & more.\n\n\
+             1. First item;\n2. Second & last.\n\n\
+             Line one\nline two\n\n\
+             | a | b |\n| --- | --- |\n| x y | <z> |\n\n\
+             - \u{b9} See example.gov."
         );
     }
 

@@ -5,11 +5,16 @@
 //! 1. **Structure.** The text is read line by line. Paragraph enumerators at the start of a line
 //!    (`(a)`, `(1)`, `(A)`, `(ii)`, also chained as `(g)(1)` or alone on their line) give each
 //!    paragraph its subsection path, so a question cites `21 U.S.C. 364a(b)(1)` rather than the
-//!    whole section; short unpunctuated lines (`(c) Exemptions`, `## Scope`) are headings; bullets
-//!    and enumerated items under a sentence ending in `:` or `—` are items of that "chapeau".
+//!    whole section; short unpunctuated lines (`(c) Exemptions`, `## Scope`) are headings, as is
+//!    a phrase that names rather than says after an enumerator, run in (`(e) Package form. If
+//!    ...`) or alone above deeper paragraphs (`(1) Human drug application fee.`): a heading is no
+//!    sentence, the text under it is. `(E) Repealed. Pub. L. ...` has no sentences. Bullets and
+//!    enumerated items under a sentence ending in `:` or `—` are items of that "chapeau" until a
+//!    heading or a paragraph at its depth.
 //! 2. **Sentences.** Paragraphs are split at `.`/`?`/`!` followed by whitespace and a capital,
 //!    digit or bracket, except after abbreviations (`U.S.C.`, `Sec.`, `e.g.`, `i.e.`, `No.`,
-//!    `Pub. L.`, ...); decimals and citations such as `1.5` or `§ 1.3` never split.
+//!    `Pub. L.`, ...); decimals and citations such as `1.5` or `§ 1.3` never split, and a
+//!    footnote number stays with its sentence (`billion.¹`).
 //! 3. **Classification.** Each sentence is matched against regulatory patterns, in this order:
 //!    definitions (`the term "X" means`, `X means`, `**X:**` glossary entries, `X shall be deemed
 //!    ... if`), scope (`applies to`, `does not apply`, `is exempt from`, `shall not be construed`),
@@ -18,10 +23,11 @@
 //!    `should`), permissions (`may`, `is authorized to`, `is permitted to`), and, as a fallback,
 //!    cross-references (`section 201(g)`, `§ 1.3`, `paragraph (b)`, `part 12`). A sentence with a
 //!    quantity (days, years, percent, dollars, dates, measures) also yields a threshold question.
-//!    An item that says nothing on its own (`(b) If it consists of ...`) is read together with
-//!    its chapeau (`A cosmetic shall be deemed to be adulterated—`): the answer quotes both. A
-//!    list of fragments (`means— (A) ...; or (B) ...`) is one rule: one answer quotes the chapeau
-//!    and the whole list (up to [`MAX_LIST_BYTES`]), so no item answers with half a definition.
+//!    An item that says nothing on its own (`(b) If it consists of ...`), or a condition (`If
+//!    ...`) of what its chapeau deems, is read with its chapeau (`A cosmetic shall be deemed to be
+//!    adulterated—`): the answer quotes both. A list of fragments (`means— (A) ...; or (B) ...`)
+//!    is one rule: one answer quotes the chapeau and the whole list (up to [`MAX_LIST_BYTES`]),
+//!    so no item answers with half a definition.
 //! 4. **Questions** come from templates filled with the sentence's own actor, verb and modal
 //!    (`Under 21 U.S.C. 364a(b)(1), within how many business days must the responsible person
 //!    submit a serious adverse event report?`). The answer is the sentence, whitespace-collapsed;
@@ -32,8 +38,8 @@
 //!    question in the section, and the section cap `max_items_per_section`, which keeps items
 //!    round-robin across question types so that a capped section still covers its kinds of rule.
 //!
-//! Sentences that match no pattern, chapeaus on their own, fragments starting in lower case
-//! (other than list definitions, `(6) the term "X" means ...;`) and sentences longer than
+//! Headings, sentences that match no pattern, chapeaus on their own, fragments starting in lower
+//! case (other than list definitions, `(6) the term "X" means ...;`) and sentences longer than
 //! [`MAX_SENTENCE_BYTES`] are not candidates. Output depends on the input only: no clock, no
 //! hash-map iteration, so a re-run is byte-identical.
 //!
@@ -55,6 +61,9 @@ pub const MAX_SENTENCE_BYTES: usize = 1500;
 
 /// A chapeau and its list of fragments longer than this is not used as an answer.
 pub const MAX_LIST_BYTES: usize = 2500;
+
+/// A run-in heading longer than this (that is not a list of topics) is read as a sentence.
+const MAX_HEADING_WORDS: usize = 30;
 
 /// Shortest acceptable answer, in characters and in words.
 const MIN_ANSWER_CHARS: usize = 20;
@@ -376,15 +385,18 @@ fn section_candidates(section: &ShardSection) -> Vec<Candidate> {
 
         // A list of fragments (`means— (A) ...; or (B) ...`) is one rule: one answer quoting the
         // chapeau and the whole list.
-        if let Some(ch) = chapeau
+        if let Some(index) = unit.chapeau
+            && let Some(ch) = chapeau
             && is_fragment(sentence)
         {
+            // The list runs while its chapeau (or one nested in it) is open: a heading ends it.
+            let in_list = |u: &&Unit| u.depth > ch.depth && u.chapeau.is_some_and(|c| c >= index);
             let last = units[i..]
                 .iter()
-                .take_while(|u| u.depth > ch.depth)
+                .take_while(in_list)
                 .last()
                 .map_or(unit.end, |u| u.end);
-            let count = units[i..].iter().take_while(|u| u.depth > ch.depth).count();
+            let count = units[i..].iter().take_while(in_list).count();
             let head = &text[ch.start..ch.end];
             let kind = classify(head, &head.to_ascii_lowercase(), true)
                 .filter(|k| !matches!(k, Kind::CrossRef { .. }));
@@ -429,16 +441,20 @@ fn section_candidates(section: &ShardSection) -> Vec<Candidate> {
             subsection: !unit.path.is_empty(),
         };
         // An item that says nothing on its own (`(b) If it consists of ...`) is read with its
-        // chapeau (`A cosmetic shall be deemed to be adulterated—`).
-        let combined = match (&own, chapeau) {
-            (None | Some(Kind::CrossRef { .. }), Some(ch)) => {
-                let head = &text[ch.start..ch.end];
-                classify(head, &head.to_ascii_lowercase(), true)
-                    .filter(|k| !matches!(k, Kind::CrossRef { .. }))
-                    .map(|kind| (kind, ch))
-            }
-            _ => None,
-        };
+        // chapeau (`A cosmetic shall be deemed to be adulterated—`); so is a condition of what
+        // its chapeau deems, whatever its own clauses say (`If in package form unless ...,
+        // except that ... variations shall be permitted`).
+        let says_nothing = matches!(own, None | Some(Kind::CrossRef { .. }));
+        let combined = chapeau.and_then(|ch| {
+            let head = &text[ch.start..ch.end];
+            classify(head, &head.to_ascii_lowercase(), true)
+                .filter(|kind| match kind {
+                    Kind::CrossRef { .. } => false,
+                    Kind::Deemed { .. } => says_nothing || sentence.starts_with("If "),
+                    _ => says_nothing,
+                })
+                .map(|kind| (kind, ch))
+        });
         if let Some((kind, ch)) = combined {
             out.push(Candidate {
                 question: kind.question(&ctx),
@@ -565,20 +581,20 @@ fn units(text: &str) -> (Vec<Unit>, Vec<Chapeau>) {
         offset += line.len();
     }
     for (i, &(start, end)) in lines.iter().enumerate() {
-        let continued = lines
-            .get(i + 1)
-            .and_then(|&(s, e)| text[s..e].trim_start().chars().next())
-            .is_some_and(char::is_lowercase);
-        parser.line(start, end, continued);
+        let next = lines.get(i + 1).map(|&(s, e)| text[s..e].trim_end());
+        parser.line(start, end, next);
     }
     parser.flush();
     (parser.units, parser.chapeaus)
 }
 
 impl<'a> Parser<'a> {
-    /// `continued`: the next non-empty line starts in lower case, so this one does not end a
+    /// `next`: the line after this one. When it starts in lower case, this line does not end a
     /// paragraph or heading.
-    fn line(&mut self, line_start: usize, line_end: usize, continued: bool) {
+    fn line(&mut self, line_start: usize, line_end: usize, next: Option<&str>) {
+        let continued = next
+            .and_then(|line| line.trim_start().chars().next())
+            .is_some_and(char::is_lowercase);
         let text = self.text;
         let raw = &text[line_start..line_end];
         let lead = raw.len() - raw.trim_start().len();
@@ -614,9 +630,32 @@ impl<'a> Parser<'a> {
         if pos >= end {
             return;
         }
+        // A subdivision that only records its status (`(E) Repealed. Pub. L. 101–647, ...`,
+        // `(x) Omitted.`) has no operative text.
+        if enumerated && is_status_note(&text[pos..end]) {
+            self.close_chapeaus(self.levels.len());
+            return;
+        }
+        // A run-in heading (`(A) In general. Each person ...`, as the USLM reader writes
+        // subdivision headings) names the paragraph and is no sentence of it; so is a heading
+        // alone on its line when deeper paragraphs follow (`(1) Human drug application fee.`).
+        if enumerated && bullet == 0 {
+            let deeper_follows = !continued && self.deeper(line_start, next);
+            if let Some((heading_end, after)) = heading_at(text, pos, end, deeper_follows) {
+                if let Some(level) = self.levels.last_mut() {
+                    level.heading = Some((pos, heading_end));
+                }
+                if after >= end {
+                    self.close_chapeaus(self.levels.len());
+                    return;
+                }
+                pos = after;
+            }
+        }
         let rest = &text[pos..end];
         if bullet == 0 && !continued && is_heading_line(rest) {
             self.flush();
+            self.close_chapeaus(if enumerated { self.levels.len() } else { 0 });
             match self.levels.last_mut() {
                 Some(level) if enumerated => level.heading = Some((pos, end)),
                 _ => self.top_heading = Some((pos, end)),
@@ -627,6 +666,34 @@ impl<'a> Parser<'a> {
             Some((_, paragraph_end, _)) => *paragraph_end = end,
             None => self.paragraph = Some((pos, end, self.levels.len() + usize::from(bullet > 0))),
         }
+    }
+
+    /// A paragraph or heading at `depth` ends the lists of the chapeaus at its depth or deeper.
+    fn close_chapeaus(&mut self, depth: usize) {
+        while self
+            .open
+            .last()
+            .is_some_and(|&c| self.chapeaus[c].depth >= depth)
+        {
+            self.open.pop();
+        }
+    }
+
+    /// Whether `next` (the line after the one at `line_start`) opens a deeper paragraph: it is
+    /// indented further, or its enumerator is of a style no open level has.
+    fn deeper(&self, line_start: usize, next: Option<&str>) -> bool {
+        let Some(next) = next else { return false };
+        let indent = |line: &str| line.len() - line.trim_start().len();
+        let line = &self.text[line_start..];
+        let line = line.split('\n').next().unwrap_or(line);
+        if indent(next) > indent(line) {
+            return true;
+        }
+        let next = next.trim_start();
+        enumerator(next, bullet_len(next), next.len()).is_some_and(|(label, _)| {
+            let style = style_of(label, &self.levels);
+            self.levels.iter().all(|level| level.style != style)
+        })
     }
 
     fn push_level(&mut self, label: &'a str) {
@@ -645,13 +712,7 @@ impl<'a> Parser<'a> {
         let Some((start, end, depth)) = self.paragraph.take() else {
             return;
         };
-        while self
-            .open
-            .last()
-            .is_some_and(|&c| self.chapeaus[c].depth >= depth)
-        {
-            self.open.pop();
-        }
+        self.close_chapeaus(depth);
         let chapeau = self.open.last().copied();
         let path: String = self
             .levels
@@ -662,7 +723,10 @@ impl<'a> Parser<'a> {
             .levels
             .iter()
             .rev()
-            .find_map(|l| l.heading)
+            .find_map(|l| {
+                l.heading
+                    .filter(|&(s, e)| !is_generic_heading(&self.text[s..e]))
+            })
             .or(self.top_heading);
         self.spans.clear();
         split_sentences(self.text, start, end, &mut self.spans);
@@ -797,6 +861,175 @@ fn is_heading_line(line: &str) -> bool {
         && line.split_whitespace().count() <= 12
 }
 
+/// The heading at `pos`, right after a paragraph's enumerator: the end of its words (before the
+/// full stop) and the start of what follows it on the line (`end` if nothing does). Its first
+/// sentence is a heading when it names rather than says: it opens neither a clause
+/// ([`opens_a_clause`]) nor an instruction ([`opens_as_instruction`]), and
+///
+/// - run in, followed by the paragraph's text (`Package form. If in package form ...`): its main
+///   clause has no verb ([`main_clause_verbs`]), and it is short or a list of topics (`Imports;
+///   list of registered foreign establishments; samples ...`), since a long phrase without a
+///   verb is rather an item of a list;
+/// - alone on its line with deeper paragraphs after it (`deeper_follows`): its main clause has
+///   no modal (`Refund of fee if the application is withdrawn, or is no longer received.`).
+fn heading_at(text: &str, pos: usize, end: usize, deeper_follows: bool) -> Option<(usize, usize)> {
+    let mut spans = Vec::new();
+    split_sentences(text, pos, end, &mut spans);
+    let &(start, first_end) = spans.first()?;
+    let words = text[start..first_end].strip_suffix('.')?;
+    if start != pos || opens_a_clause(words) || opens_as_instruction(words) {
+        return None;
+    }
+    let heading = match spans.get(1) {
+        Some(_) => {
+            let short =
+                words.split_whitespace().count() <= MAX_HEADING_WORDS || words.contains(';');
+            short && main_clause_verbs(words).next().is_none()
+        }
+        None => {
+            deeper_follows && main_clause_verbs(words).all(|verb| !MODALS.contains(&verb.as_str()))
+        }
+    };
+    heading.then(|| {
+        (
+            start + words.len(),
+            spans.get(1).map_or(end, |&(next, _)| next),
+        )
+    })
+}
+
+/// Modal verbs: a phrase with one in its main clause says what someone shall or may do.
+const MODALS: &[&str] = &[
+    "can", "could", "may", "might", "must", "shall", "should", "will", "would",
+];
+
+/// Whether a phrase starts the way a sentence does and a heading does not: with a determiner
+/// (`The`, `Each`), a conjunction (`If`, `Unless`) or an introductory phrase (`In the case of`,
+/// `With respect to`), or with a word in lower case.
+fn opens_a_clause(phrase: &str) -> bool {
+    const OPENERS: &[&str] = &[
+        "a ",
+        "all ",
+        "an ",
+        "any ",
+        "each ",
+        "every ",
+        "except ",
+        "for ",
+        "if ",
+        "in a case ",
+        "in any ",
+        "in the case ",
+        "it ",
+        "no person ",
+        "nothing ",
+        "notwithstanding ",
+        "subject to ",
+        "such ",
+        "that ",
+        "the ",
+        "there ",
+        "these ",
+        "this ",
+        "those ",
+        "unless ",
+        "upon ",
+        "when ",
+        "whenever ",
+        "where ",
+        "whoever ",
+        "with respect to ",
+    ];
+    let lower = phrase.to_lowercase();
+    !phrase.starts_with(|c: char| c.is_uppercase() || c.is_ascii_digit())
+        || OPENERS.iter().any(|opener| lower.starts_with(opener))
+}
+
+/// The finite verbs and modals of a phrase's main clause, lower-cased. A subordinate clause runs
+/// from `where`, `which`, `that`, ... to the next comma or to a second verb (not joined to the
+/// first by `and`/`or`), which is the main clause's again; an infinitive (`to have been
+/// received`) is no finite verb. `Misrepresentation of strength, etc., where drug is unrecognized
+/// in compendium` has none; `Witnesses who are not covered by paragraph (a) are entitled ...`
+/// has the second `are`; `Manufacturer of implant shall be named a party` has `shall`.
+fn main_clause_verbs(phrase: &str) -> impl Iterator<Item = String> + '_ {
+    const SUBORDINATORS: &[&str] = &[
+        "because", "if", "that", "unless", "until", "when", "whenever", "where", "which", "while",
+        "who", "whom", "whose",
+    ];
+    const FINITE: &[&str] = &[
+        "applies", "are", "did", "do", "does", "had", "has", "have", "includes", "is", "means",
+        "was", "were",
+    ];
+    // Whether a subordinate clause is open, and whether it has had its verb.
+    let mut subordinate: Option<bool> = None;
+    let mut previous = String::new();
+    phrase.split_whitespace().filter_map(move |word| {
+        let lower = bare(word).to_lowercase();
+        let finite = previous != "to"
+            && (FINITE.contains(&lower.as_str()) || MODALS.contains(&lower.as_str()));
+        let main = match subordinate {
+            _ if !finite => false,
+            None => true,
+            Some(false) => {
+                subordinate = Some(true);
+                false
+            }
+            Some(true) if matches!(previous.as_str(), "and" | "or" | "not") => false,
+            Some(true) => {
+                subordinate = None;
+                true
+            }
+        };
+        if SUBORDINATORS.contains(&lower.as_str()) {
+            subordinate = Some(false);
+        }
+        if word.ends_with(',') {
+            subordinate = None;
+        }
+        previous = lower.clone();
+        main.then_some(lower)
+    })
+}
+
+/// Whether a phrase opens like an instruction, a verb and its object (`Prepare the appropriate
+/// Environmental Document ...`), rather than a noun or a gerund (`Making a notification`): its
+/// second word is a determiner.
+fn opens_as_instruction(phrase: &str) -> bool {
+    const DETERMINERS: &[&str] = &[
+        "a", "all", "an", "any", "each", "every", "her", "his", "its", "such", "the", "their",
+        "these", "this",
+    ];
+    let mut words = phrase
+        .split_whitespace()
+        .map(|word| bare(word).to_lowercase());
+    match (words.next(), words.next()) {
+        (Some(first), Some(second)) => {
+            !first.ends_with("ing")
+                && !first.ends_with("ly")
+                && DETERMINERS.contains(&second.as_str())
+        }
+        _ => false,
+    }
+}
+
+/// `Repealed.`, `Omitted.`, `Reserved.`, `Transferred.`, with or without a note after it.
+fn is_status_note(text: &str) -> bool {
+    ["Repealed", "Omitted", "Reserved", "Transferred"]
+        .iter()
+        .any(|status| {
+            text.strip_prefix(status)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
+}
+
+/// A heading that says nothing of its paragraph's topic (`In general`): questions take the
+/// heading above it instead.
+fn is_generic_heading(heading: &str) -> bool {
+    heading
+        .trim_end_matches(['.', '—', '–', '-', ' '])
+        .eq_ignore_ascii_case("in general")
+}
+
 fn ends_as_chapeau(sentence: &str) -> bool {
     let s = sentence.trim_end();
     s.ends_with(':') || s.ends_with('—') || s.ends_with('–') || s.ends_with(" -")
@@ -819,7 +1052,12 @@ fn split_sentences(text: &str, start: usize, end: usize, out: &mut Vec<(usize, u
         if matches!(b, b'.' | b'?' | b'!') {
             let mut j = i + 1;
             while let Some(c) = text[j..end].chars().next() {
-                if matches!(c, '"' | '\'' | ')' | ']' | '”' | '’' | '*' | '_') {
+                // Closing quotes and brackets, emphasis, and footnote numbers (`billion.¹`).
+                if matches!(
+                    c,
+                    '"' | '\'' | ')' | ']' | '”' | '’' | '*' | '_' | '⁰' | '¹' | '²' | '³' | '⁴'
+                        ..='⁹'
+                ) {
                     j += c.len_utf8();
                 } else {
                     break;
@@ -2352,6 +2590,71 @@ mod tests {
                 "No. 5 applies."
             ]
         );
+    }
+
+    #[test]
+    fn footnote_numbers_stay_with_their_sentence() {
+        assert_eq!(
+            sentences("It spends $6 billion.\u{b9} A share is ours.\u{b2}\u{b3} It grows."),
+            vec![
+                "It spends $6 billion.\u{b9}",
+                "A share is ours.\u{b2}\u{b3}",
+                "It grows."
+            ]
+        );
+    }
+
+    #[test]
+    fn headings_name_and_sentences_say() {
+        fn heading(text: &str, deeper_follows: bool) -> Option<&str> {
+            heading_at(text, 0, text.len(), deeper_follows).map(|(end, _)| &text[..end])
+        }
+        // Run in, followed by the paragraph's text.
+        assert_eq!(
+            heading(
+                "Package form. If in package form unless it bears a label.",
+                false
+            ),
+            Some("Package form")
+        );
+        assert_eq!(
+            heading(
+                "Misrepresentation of strength, etc., where drug is unrecognized in compendium. \
+                 If it is a drug.",
+                false
+            ),
+            Some("Misrepresentation of strength, etc., where drug is unrecognized in compendium")
+        );
+        assert_eq!(
+            heading(
+                "Applications not considered to have been received. The Secretary shall refund.",
+                false
+            ),
+            Some("Applications not considered to have been received")
+        );
+        assert_eq!(
+            heading(
+                "15 or more days in advance. As soon as practicable, it shall.",
+                false
+            ),
+            Some("15 or more days in advance")
+        );
+        for sentence in [
+            "Manufacturer of implant shall be named a party. In any civil action, it shall.",
+            "In the case of a violation of paragraph (16), up to $500,000 per violation. It is.",
+            "Witnesses who are not covered by paragraph (a) are entitled to fees. They are.",
+            "Prepare the appropriate Environmental Document. If the Lead Agency applies it.",
+            "The Secretary shall act. The Secretary may wait.",
+            "Each person shall pay. Payment is due.",
+        ] {
+            assert_eq!(heading(sentence, false), None, "{sentence}");
+        }
+        // Alone on its line: a heading only when deeper paragraphs follow.
+        let refund = "Refund of fee if the application is withdrawn, or is no longer received.";
+        assert_eq!(heading(refund, true), Some(&refund[..refund.len() - 1]));
+        assert_eq!(heading(refund, false), None);
+        assert_eq!(heading("Human drug application fee.", false), None);
+        assert_eq!(heading("The Secretary shall act.", true), None);
     }
 
     #[test]
