@@ -218,7 +218,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
             .shard_reports
             .iter()
             .rev()
-            .find_map(|r| r.llm_server.clone()),
+            .find_map(|r| r.llm_server.as_deref().cloned()),
         shards: ShardCounts {
             total: input.shards_total,
             reused: input.shards_reused,

@@ -10,7 +10,10 @@ use crate::report::ShardReport;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ShardEvent {
     /// The shard's part was written by this attempt.
-    Completed { job_id: String, report: ShardReport },
+    Completed {
+        job_id: String,
+        report: Box<ShardReport>,
+    },
     /// The shard's part already existed (an earlier attempt or another worker wrote it).
     Duplicate { job_id: String, shard_id: String },
     /// The shard's job was cancelled; nothing was generated.

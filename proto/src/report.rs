@@ -133,7 +133,7 @@ pub struct ShardReport {
     pub duration_ms: u64,
     /// The LLM server as the generator found it (none for generators without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub llm_server: Option<LlmServer>,
+    pub llm_server: Option<Box<LlmServer>>,
     /// Why the shard generated nothing at all, when it was skipped (e.g. the budget was spent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncovered_reason: Option<String>,

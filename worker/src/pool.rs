@@ -124,7 +124,7 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
                     Disposition::Ack,
                     ShardEvent::Completed {
                         job_id: shard.job_id,
-                        report: *report,
+                        report,
                     },
                 )
             }

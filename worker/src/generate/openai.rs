@@ -224,12 +224,12 @@ impl Generator for OpenAiGenerator {
         generation.report.shard_id = shard.shard_id.clone();
         generation.report.generator = self.name().to_string();
         generation.report.model = self.model(&shard.spec);
-        generation.report.llm_server = Some(proto::report::LlmServer {
+        generation.report.llm_server = Some(Box::new(proto::report::LlmServer {
             endpoint: self.client.config().base_url.clone(),
             structured_output: self.client.structured_output().as_str().to_string(),
             tools: self.client.config().tools == ToolMode::Auto
                 && !self.tools_refused.load(Ordering::Relaxed),
-        });
+        }));
         generation.report.sections = shard.sections.len() as u64;
         for outcome in outcomes {
             generation.report.candidates += outcome.candidates;
