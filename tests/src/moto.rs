@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
+use crate::principia::workspace_root;
+
 /// The pip requirement installed into the virtualenv.
 const MOTO_REQUIREMENT: &str = "moto[server]>=5,<6";
 /// How long a first-time `pip install` may take.
@@ -107,14 +109,6 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The workspace root (the parent of this crate).
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives inside the workspace")
-        .to_path_buf()
 }
 
 /// Make sure `<workspace>/.venv` has moto installed; returns the virtualenv's path.
