@@ -848,9 +848,8 @@ fn names_request_field(message: &str) -> bool {
 }
 
 /// Whether an error message says the prompt does not fit the model's context (vLLM, OpenAI,
-/// llama.cpp and llama-cpp-python wordings).
-pub fn is_context_overflow(message: &str) -> bool {
-    let lower = message.to_ascii_lowercase();
+/// llama.cpp and llama-cpp-python wordings); `lower` is the message in lower case.
+fn is_context_overflow(lower: &str) -> bool {
     lower.contains("maximum context length")
         || lower.contains("context_length_exceeded")
         || lower.contains("exceed context window")
