@@ -13,7 +13,7 @@ use proto::job::{
     DEFAULT_MAX_ITEMS_PER_SECTION, DEFAULT_MIN_ITEMS_PER_SECTION, DEFAULT_NEAR_DUPLICATE_THRESHOLD,
     DEFAULT_SHARD_TOKEN_BUDGET,
 };
-use proto::{GeneratorKind, GeneratorSpec, JobSpec};
+use proto::{GeneratorKind, GeneratorSpec, Grounding, JobSpec};
 use tokio_util::sync::CancellationToken;
 use worker::cache::ResponseCache;
 use worker::generate::extractive::ExtractiveGenerator;
@@ -284,6 +284,18 @@ enum GeneratorChoice {
     Openai,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ConcurrencyMode {
+    Adaptive,
+    Fixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GroundingChoice {
+    Sentences,
+    Quotes,
+}
+
 /// Job settings shared by every command that starts a job.
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -301,6 +313,10 @@ pub struct JobArgs {
     /// Sampling temperature of the generator model.
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
+    /// How generated items cite their evidence: `sentences` (the model names numbered sentences
+    /// of the section; works with small models) or `quotes` (the model copies exact quotes).
+    #[arg(long, value_enum, default_value_t = GroundingChoice::Sentences)]
+    grounding: GroundingChoice,
     /// LLM tokens the job may spend; past it, remaining sections are reported uncovered.
     #[arg(long)]
     token_budget: Option<u64>,
@@ -323,9 +339,13 @@ pub struct LlmArgs {
     /// API key (falls back to OPENAI_API_KEY).
     #[arg(long, env = "PRINCIPIA_LLM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Concurrent LLM requests per process.
+    /// Concurrent LLM requests per process at most.
     #[arg(long, default_value_t = 8, env = "PRINCIPIA_LLM_CONCURRENCY")]
     llm_concurrency: usize,
+    /// `adaptive`: the requests in flight are learned from the server (from 1, while throughput
+    /// grows, halved on 429/503/timeouts), up to --llm-concurrency; `fixed`: always that many.
+    #[arg(long, value_enum, default_value_t = ConcurrencyMode::Adaptive, env = "PRINCIPIA_LLM_CONCURRENCY_MODE")]
+    llm_concurrency_mode: ConcurrencyMode,
     /// Timeout of one LLM request, in seconds.
     #[arg(long, default_value_t = 120, env = "PRINCIPIA_LLM_TIMEOUT_SECS")]
     llm_timeout_secs: u64,
@@ -529,6 +549,7 @@ impl LlmArgs {
         config.timeout = Duration::from_secs(self.llm_timeout_secs.max(1));
         config.max_retries = self.llm_max_retries;
         config.concurrency = self.llm_concurrency.max(1);
+        config.adaptive_concurrency = self.llm_concurrency_mode == ConcurrencyMode::Adaptive;
         config.tools = self.llm_tools;
         config.structured_output = self.structured_output;
         Ok(Some(config))
@@ -613,6 +634,10 @@ impl JobArgs {
                     self.temperature
                 } else {
                     0.0
+                },
+                grounding: match self.grounding {
+                    GroundingChoice::Sentences => Grounding::Sentences,
+                    GroundingChoice::Quotes => Grounding::Quotes,
                 },
             },
             shard_token_budget: sizes.shard_tokens,

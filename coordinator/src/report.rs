@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use proto::report::LlmServer;
-use proto::{PrincipleTree, Record, ShardReport, TokenUsage, UncoveredSection};
+use proto::{JobSpec, PrincipleTree, Record, ShardReport, TokenUsage, UncoveredSection};
 use serde::{Deserialize, Serialize};
 
 use crate::estimate::UsageEstimate;
@@ -21,6 +21,10 @@ pub struct JobReport {
     /// tools (see `tokens.estimated_calls` for replies without usage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_server: Option<LlmServer>,
+    /// The most frequent distinct errors the LLM server answered (retried, or refused formats
+    /// negotiated down), verbatim and truncated, most frequent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_errors: Vec<ServerError>,
     pub shards: ShardCounts,
     pub sections: SectionCounts,
     pub items: ItemCounts,
@@ -38,6 +42,36 @@ pub struct JobReport {
     /// Shards that could not be processed, with the reason.
     pub failed_shards: Vec<FailedShard>,
     pub wall_time_ms: u64,
+}
+
+/// A distinct server error and how often it came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerError {
+    pub message: String,
+    pub count: u64,
+}
+
+/// Distinct server errors a report lists at most.
+const LISTED_SERVER_ERRORS: usize = 5;
+
+/// The shards' server errors summed by message, the most frequent [`LISTED_SERVER_ERRORS`].
+fn server_errors(reports: &[ShardReport]) -> Vec<ServerError> {
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for report in reports {
+        for (message, count) in &report.server_errors {
+            *counts.entry(message).or_insert(0) += count;
+        }
+    }
+    let mut errors: Vec<ServerError> = counts
+        .into_iter()
+        .map(|(message, count)| ServerError {
+            message: message.to_string(),
+            count,
+        })
+        .collect();
+    errors.sort_by(|a, b| b.count.cmp(&a.count));
+    errors.truncate(LISTED_SERVER_ERRORS);
+    errors
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -123,7 +157,9 @@ pub struct ReportInput<'a> {
     pub job_id: &'a str,
     pub status: &'a str,
     pub tree: &'a PrincipleTree,
-    pub min_items_per_section: u32,
+    /// The job's specification: its minimum items per section, and the generator and model a
+    /// report names when no shard report does (a job that failed before any part).
+    pub spec: &'a JobSpec,
     pub shard_reports: &'a [ShardReport],
     pub records: &'a [Record],
     /// Candidates removed as duplicates of items in other shards at merge.
@@ -174,7 +210,7 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
             .entry(record.question_type.clone())
             .or_default() += 1;
     }
-    let minimum = u64::from(input.min_items_per_section.max(1));
+    let minimum = u64::from(input.spec.min_items_per_section.max(1));
     let uncovered: Vec<UncoveredSection> = units
         .iter()
         .filter_map(|unit| {
@@ -211,14 +247,20 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
     JobReport {
         job_id: input.job_id.to_string(),
         status: input.status.to_string(),
-        generator: first.map(|r| r.generator.clone()).unwrap_or_default(),
-        model: first.and_then(|r| r.model.clone()),
+        generator: first.map_or_else(
+            || input.spec.generator.kind.as_str().to_string(),
+            |r| r.generator.clone(),
+        ),
+        model: first
+            .and_then(|r| r.model.clone())
+            .or_else(|| input.spec.generator.model.clone()),
         judge_model: input.records.first().and_then(|r| r.judge_model.clone()),
         llm_server: input
             .shard_reports
             .iter()
             .rev()
             .find_map(|r| r.llm_server.as_deref().cloned()),
+        server_errors: server_errors(input.shard_reports),
         shards: ShardCounts {
             total: input.shards_total,
             reused: input.shards_reused,
@@ -254,7 +296,8 @@ pub fn build(input: ReportInput<'_>) -> JobReport {
 
 /// Reasons under which a candidate never reached the evidence check (an unusable reply counts as
 /// one candidate).
-const UNCHECKED: [proto::RejectReason; 5] = [
+const UNCHECKED: [proto::RejectReason; 6] = [
+    proto::RejectReason::Context,
     proto::RejectReason::MalformedReply,
     proto::RejectReason::EmptyReply,
     proto::RejectReason::TruncatedReply,
@@ -345,10 +388,13 @@ pub fn render(report: &JobReport) -> String {
     if let Some(server) = &report.llm_server {
         let _ = writeln!(
             out,
-            "LLM server: {} (structured output {}, tools {}{})",
+            "LLM server: {} (structured output {}, tools {}{}{})",
             server.endpoint,
             server.structured_output,
             if server.tools { "on" } else { "off" },
+            server
+                .concurrency
+                .map_or_else(String::new, |n| format!(", {n} requests in flight")),
             if report.tokens.estimated_calls > 0 {
                 format!(
                     "; no usage reported: tokens of {} calls estimated",
@@ -357,6 +403,13 @@ pub fn render(report: &JobReport) -> String {
             } else {
                 String::new()
             }
+        );
+    }
+    for error in &report.server_errors {
+        let _ = writeln!(
+            out,
+            "server error ({}×): {}",
+            error.count, error.message
         );
     }
     let _ = writeln!(

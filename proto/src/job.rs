@@ -37,6 +37,34 @@ pub struct GeneratorSpec {
     pub judge_model: Option<String>,
     #[serde(default)]
     pub temperature: f32,
+    /// How generated items point at their evidence (openai only).
+    #[serde(default, skip_serializing_if = "Grounding::is_default")]
+    pub grounding: Grounding,
+}
+
+/// How an LLM-generated item points at the source text that supports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grounding {
+    /// The target section's sentences are numbered in the prompt and the model cites their ids
+    /// (`S2`); the evidence stored is those sentences, verbatim. Small models ground this way.
+    #[default]
+    Sentences,
+    /// The model copies quotes, which must match the source character for character.
+    Quotes,
+}
+
+impl Grounding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grounding::Sentences => "sentences",
+            Grounding::Quotes => "quotes",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Grounding::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +115,7 @@ impl JobSpec {
                 model: None,
                 judge_model: None,
                 temperature: 0.0,
+                grounding: Grounding::default(),
             },
             shard_token_budget: DEFAULT_SHARD_TOKEN_BUDGET,
             min_items_per_section: DEFAULT_MIN_ITEMS_PER_SECTION,

@@ -16,7 +16,7 @@ pub mod tree;
 
 pub use dataset::{DatasetError, EvidenceSpan, Message, Record, Score};
 pub use events::ShardEvent;
-pub use job::{GeneratorKind, GeneratorSpec, JobSpec};
+pub use job::{GeneratorKind, GeneratorSpec, Grounding, JobSpec};
 pub use report::{RejectReason, ShardReport, TokenUsage, UncoveredSection};
 pub use shard::{SHARD_MESSAGE_VERSION, ShardMessage, ShardSection};
 pub use tree::{NodeStatus, PrincipleNode, PrincipleTree};

@@ -36,6 +36,9 @@ pub enum RejectReason {
     BudgetExhausted,
     /// Revised once after a fixable critique, and still not accepted.
     RefineRejected,
+    /// The call's prompt does not fit the model's context window, even without the optional
+    /// lookups; not retried.
+    Context,
 }
 
 impl RejectReason {
@@ -54,6 +57,7 @@ impl RejectReason {
             RejectReason::LlmError => "llm_error",
             RejectReason::BudgetExhausted => "budget_exhausted",
             RejectReason::RefineRejected => "refine_rejected",
+            RejectReason::Context => "context",
         }
     }
 }
@@ -96,6 +100,10 @@ pub struct LlmServer {
     pub structured_output: String,
     /// Whether generation calls still offered tools (false once refused or ignored, or when off).
     pub tools: bool,
+    /// Requests the worker kept in flight at most by the end of the shard (learned from the
+    /// server unless fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u64>,
 }
 
 /// A section that ended with fewer accepted items than the job asked for.
@@ -134,6 +142,10 @@ pub struct ShardReport {
     /// The LLM server as the generator found it (none for generators without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_server: Option<Box<LlmServer>>,
+    /// Errors the LLM server answered on the way (retried, or refused formats that were
+    /// negotiated down), by message (one line, truncated), with how often each came.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_errors: BTreeMap<String, u64>,
     /// Why the shard generated nothing at all, when it was skipped (e.g. the budget was spent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncovered_reason: Option<String>,

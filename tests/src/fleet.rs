@@ -164,17 +164,20 @@ impl Fleet {
         }
     }
 
-    /// Start a worker; returns its index.
+    /// Start a worker running `concurrency` shards at once; returns its index.
     pub fn start_worker(&mut self, concurrency: usize) -> usize {
+        self.spawn_worker(&["--concurrency", &concurrency.to_string()])
+    }
+
+    /// Start a worker with the default settings; returns its index.
+    pub fn start_default_worker(&mut self) -> usize {
+        self.spawn_worker(&[])
+    }
+
+    fn spawn_worker(&mut self, args: &[&str]) -> usize {
         let index = self.workers.len();
         let mut command = self.command(&format!("worker-{index}.log"));
-        command.args([
-            "worker",
-            "--concurrency",
-            &concurrency.to_string(),
-            "--grace-secs",
-            "30",
-        ]);
+        command.arg("worker").args(args).args(["--grace-secs", "30"]);
         for (key, value) in &self.worker_env {
             command.env(key, value);
         }

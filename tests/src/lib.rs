@@ -8,8 +8,8 @@ pub mod llm_server;
 pub mod moto;
 
 pub use llm_server::{
-    RecordedRequest, RequestKind, RunningServer, ScriptedReply, ServerConfig, ServerStats, spawn,
-    try_spawn,
+    ContextWording, RecordedRequest, RequestKind, RunningServer, ScriptedReply, ServerConfig,
+    ServerStats, spawn, try_spawn,
 };
 pub mod fleet;
 pub mod principia;

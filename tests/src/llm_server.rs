@@ -4,7 +4,8 @@
 //! generation request (`response_format.json_schema.name` = `principia_items`, or a prompt with a
 //! `Target section: number N` line and no judge candidates) with items whose answers and evidence
 //! are real sentences of that section, taken from the `<section number="N" ...>` block of the
-//! `<source>` in the first message; it answers a judge request (`principia_verdicts`, or a prompt
+//! `<source>` in the first message (evidence cites them by id, `S3`, when the prompt numbers the
+//! section's sentences, and quotes them otherwise); it answers a judge request (`principia_verdicts`, or a prompt
 //! with a `<candidates>` block) by accepting every candidate with top scores; it answers a refine
 //! request (`principia_revisions`) by returning every candidate with its question reworded.
 //! Anything else gets a short plain reply. Replies carry `usage` estimated from text length (4 bytes a token).
@@ -128,6 +129,8 @@ pub struct ServerConfig {
     pub models: Vec<String>,
     /// Leave `usage` out of replies.
     pub omit_usage: bool,
+    /// Wrap JSON replies in prose and a code fence, as chatty models do without a grammar.
+    pub json_in_prose: bool,
     /// Keep every request body for [`RunningServer::recorded`].
     pub record_requests: bool,
     /// Answer requests that offer tools with 400.
@@ -139,6 +142,25 @@ pub struct ServerConfig {
     pub refuse_json_object: bool,
     /// Call the tools for the prompt's listed references and terms; see the module docs.
     pub look_up_references: bool,
+    /// The model's context window in tokens (4 bytes a token, messages plus `max_tokens`): a
+    /// request past it gets 400 in [`ServerConfig::context_wording`].
+    pub context_tokens: Option<usize>,
+    pub context_wording: ContextWording,
+}
+
+/// How a server words the 400 of a prompt past the model's context window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContextWording {
+    /// `code: context_length_exceeded`, "This model's maximum context length is N tokens. However,
+    /// your messages resulted in M tokens. ..."
+    #[default]
+    OpenAi,
+    /// vLLM 0.6 to 0.9: "This model's maximum context length is N tokens. However, you requested M
+    /// tokens (P in the messages, C in the completion). ...", `type: BadRequestError`.
+    Vllm,
+    /// vLLM 0.10 and later: "The decoder prompt (length M) is longer than the maximum model length
+    /// of N. ...".
+    VllmDecoderPrompt,
 }
 
 impl Default for ServerConfig {
@@ -161,11 +183,14 @@ impl Default for ServerConfig {
             api_key: None,
             models: Vec::new(),
             omit_usage: false,
+            json_in_prose: false,
             record_requests: false,
             refuse_tools: false,
             refuse_json_schema: false,
             refuse_json_object: false,
             look_up_references: false,
+            context_tokens: None,
+            context_wording: ContextWording::OpenAi,
         }
     }
 }
@@ -215,6 +240,8 @@ pub struct ServerStats {
     pub tools_refused: u64,
     /// Requests refused for their response format (`refuse_json_schema`, `refuse_json_object`).
     pub formats_refused: u64,
+    /// Requests refused for a prompt past `context_tokens`.
+    pub context_exceeded: u64,
     /// Most chat requests inside the server at once (waiting for capacity included).
     pub peak_in_flight: u64,
 }
@@ -235,6 +262,7 @@ struct Counters {
     tool_call_replies: AtomicU64,
     tools_refused: AtomicU64,
     formats_refused: AtomicU64,
+    context_exceeded: AtomicU64,
     json_replies: AtomicU64,
     judged: AtomicU64,
     in_flight: AtomicU64,
@@ -299,6 +327,16 @@ pub async fn try_spawn(config: ServerConfig) -> io::Result<RunningServer> {
 }
 
 impl RunningServer {
+    /// Serve `replies` next, in order, before the default behaviour resumes (as
+    /// [`ServerConfig::scripted`], from now on).
+    pub fn script(&self, replies: impl IntoIterator<Item = ScriptedReply>) {
+        self.state
+            .scripted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(replies);
+    }
+
     pub fn stats(&self) -> ServerStats {
         let c = &self.state.counters;
         let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
@@ -317,6 +355,7 @@ impl RunningServer {
             tool_call_replies: get(&c.tool_call_replies),
             tools_refused: get(&c.tools_refused),
             formats_refused: get(&c.formats_refused),
+            context_exceeded: get(&c.context_exceeded),
             peak_in_flight: get(&c.peak_in_flight),
         }
     }
@@ -520,6 +559,35 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
                 .sum()
         })
         .unwrap_or(0);
+    if let Some(limit) = config.context_tokens {
+        let completion = request["max_tokens"].as_u64().unwrap_or(0) as usize;
+        let prompt = prompt_bytes.div_ceil(4);
+        if prompt + completion > limit {
+            counters.context_exceeded.fetch_add(1, Ordering::SeqCst);
+            let (message, kind, code) = match config.context_wording {
+                ContextWording::OpenAi => (
+                    format!("This model's maximum context length is {limit} tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.", prompt + completion),
+                    "invalid_request_error",
+                    "context_length_exceeded",
+                ),
+                ContextWording::Vllm => (
+                    format!("This model's maximum context length is {limit} tokens. However, you requested {} tokens ({prompt} in the messages, {completion} in the completion). Please reduce the length of the messages or completion.", prompt + completion),
+                    "BadRequestError",
+                    "400",
+                ),
+                ContextWording::VllmDecoderPrompt => (
+                    format!("The decoder prompt (length {prompt}) is longer than the maximum model length of {limit}. Make sure that `max_model_len` is no smaller than the number of text tokens."),
+                    "BadRequestError",
+                    "400",
+                ),
+            };
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"message": message, "type": kind, "param": "messages", "code": code}})),
+            )
+                .into_response();
+        }
+    }
     let scripted = state
         .scripted
         .lock()
@@ -573,13 +641,20 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
                 counters.malformed.fetch_add(1, Ordering::SeqCst);
                 "{\"items\": [{\"question\": \"unterminated".to_string()
             } else {
-                match kind {
+                let json = match kind {
                     RequestKind::Generate => generate_reply(config, &request),
                     RequestKind::Refine => refine_reply(&request),
                     _ => {
                         let n = counters.judged.fetch_add(1, Ordering::SeqCst) + 1;
                         judge_reply(config, &request, n <= u64::from(config.judge_reject_first))
                     }
+                };
+                if config.json_in_prose {
+                    format!(
+                        "Sure! Here is the JSON you asked for:\n\n```json\n{json}\n```\n\nLet me know if you need anything else."
+                    )
+                } else {
+                    json
                 }
             }
         }
@@ -799,6 +874,10 @@ fn target_section(request: &Value) -> Option<(String, String)> {
     })
 }
 
+/// The line after which a generation prompt numbers the target section's sentences
+/// (`worker/prompts/generate.v4.md`).
+const NUMBERED_SENTENCES: &str = "<sentences>";
+
 /// Sentences of at least eight words that do not introduce a list.
 fn sentences(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -842,18 +921,49 @@ fn question_type(sentence: &str) -> &'static str {
     }
 }
 
+/// The numbered sentences of a generation prompt that asks for sentence ids (`S3: text` lines
+/// after [`NUMBERED_SENTENCES`]), as (id, sentence).
+fn numbered_sentences(prompt: &str) -> Option<Vec<(String, String)>> {
+    let (_, list) = prompt.split_once(NUMBERED_SENTENCES)?;
+    Some(
+        list.lines()
+            .skip_while(|line| line.trim().is_empty())
+            .map_while(|line| {
+                let (id, sentence) = line.split_once(": ")?;
+                let numbered = id.len() > 1
+                    && id.starts_with('S')
+                    && id[1..].bytes().all(|b| b.is_ascii_digit());
+                numbered.then(|| (id.to_string(), sentence.to_string()))
+            })
+            .collect(),
+    )
+}
+
 fn generate_reply(config: &ServerConfig, request: &Value) -> String {
     let Some((citation, text)) = target_section(request) else {
         return json!({"items": []}).to_string();
     };
-    let limit = requested_max(user_message_with(request, "Target section: number "))
+    let prompt = user_message_with(request, "Target section: number ");
+    let limit = requested_max(prompt)
         .unwrap_or(usize::MAX)
         .min(config.items_per_reply);
-    let mut items: Vec<Value> = sentences(&text)
-        .into_iter()
+    // Evidence as the prompt asks for it: sentence ids when it numbers the section's sentences
+    // (those of eight words or more, not list lead-ins), else the sentences quoted.
+    let evidenced: Vec<(String, String)> = match numbered_sentences(prompt) {
+        Some(numbered) => numbered
+            .into_iter()
+            .filter(|(_, sentence)| sentences(sentence).len() == 1)
+            .collect(),
+        None => sentences(&text)
+            .into_iter()
+            .map(|s| (s.to_string(), s.to_string()))
+            .collect(),
+    };
+    let mut items: Vec<Value> = evidenced
+        .iter()
         .take(limit)
         .enumerate()
-        .map(|(i, sentence)| {
+        .map(|(i, (cited, sentence))| {
             // The first five and the last four words: distinct sentences give distinct questions.
             let words: Vec<String> = sentence
                 .split_whitespace()
@@ -873,7 +983,7 @@ fn generate_reply(config: &ServerConfig, request: &Value) -> String {
             let evidence = if config.fabricate_evidence && i == 0 {
                 "This sentence was invented and appears nowhere in the source text.".to_string()
             } else {
-                sentence.to_string()
+                cited.clone()
             };
             json!({
                 "question": format!(
@@ -893,7 +1003,7 @@ fn generate_reply(config: &ServerConfig, request: &Value) -> String {
             .map(|s| s.to_string())
             .or_else(|| Some(looked.trim().to_string()).filter(|l| !l.is_empty()))
     });
-    if let (Some(quoted), Some(own)) = (lookup_sentence, sentences(&text).first()) {
+    if let (Some(quoted), Some((own_cited, own))) = (lookup_sentence, evidenced.first()) {
         if items.len() == limit {
             items.pop();
         }
@@ -909,7 +1019,7 @@ fn generate_reply(config: &ServerConfig, request: &Value) -> String {
                     .join(" ")
             ),
             "answer": format!("{own} The provision it refers to states: {quoted}"),
-            "evidence": [own, &quoted],
+            "evidence": [own_cited, &quoted],
             "question_type": "cross_reference",
         }));
     }

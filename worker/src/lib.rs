@@ -6,6 +6,7 @@
 
 pub mod amqp;
 pub mod cache;
+pub mod concurrency;
 pub mod dedup;
 pub mod generate;
 pub mod limits;

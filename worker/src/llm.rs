@@ -3,8 +3,9 @@
 //!
 //! [`LlmClient::chat`] posts one request to `{base_url}/chat/completions` and returns the reply's
 //! text, finish reason and token usage. Around that single call it does what every caller would
-//! otherwise repeat: a bound on concurrent requests (a semaphore of [`LlmConfig::concurrency`]
-//! permits, held only while a request is in flight), a per-request timeout, and retries with
+//! otherwise repeat: a bound on concurrent requests (at most [`LlmConfig::concurrency`], learned
+//! from the server by [`AdaptiveLimit`] unless fixed; a slot is held only while a request is in
+//! flight), a per-request timeout, and retries with
 //! exponential backoff and jitter on 429, 408, 5xx, timeouts and connection errors, honouring
 //! `Retry-After` (seconds or an HTTP date) and `retry-after-ms`, capped at
 //! [`LlmConfig::max_retry_delay`]. Other 4xx answers are not retried.
@@ -37,9 +38,9 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 use crate::cache::{CachedReply, ResponseCache};
+use crate::concurrency::AdaptiveLimit;
 use crate::limits::{RateLimiter, RateLimits};
 use crate::metrics;
 use crate::structured_output::{
@@ -61,8 +62,11 @@ pub struct LlmConfig {
     pub timeout: Duration,
     /// Retries after the first attempt, for retryable failures only.
     pub max_retries: u32,
-    /// Requests in flight at once through this client.
+    /// Requests in flight at once through this client at most.
     pub concurrency: usize,
+    /// Whether the limit in flight is learned from the server, between 1 and `concurrency`
+    /// ([`crate::concurrency`]), or fixed at `concurrency`.
+    pub adaptive_concurrency: bool,
     /// First backoff delay; doubled on every retry, with jitter.
     pub retry_base_delay: Duration,
     /// Upper bound of any wait between attempts, including a server's `Retry-After`.
@@ -109,6 +113,7 @@ impl fmt::Debug for LlmConfig {
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
             .field("concurrency", &self.concurrency)
+            .field("adaptive_concurrency", &self.adaptive_concurrency)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("max_retry_delay", &self.max_retry_delay)
             .field("tools", &self.tools)
@@ -137,8 +142,8 @@ pub enum LlmConfigError {
 }
 
 impl LlmConfig {
-    /// A configuration with defaults: 120 s timeout, 5 retries, 8 concurrent requests, backoff
-    /// from 500 ms up to 60 s.
+    /// A configuration with defaults: 120 s timeout, 5 retries, up to 8 concurrent requests
+    /// (adaptive), backoff from 500 ms up to 60 s.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         LlmConfig {
             base_url: base_url.into(),
@@ -148,6 +153,7 @@ impl LlmConfig {
             timeout: Duration::from_secs(120),
             max_retries: 5,
             concurrency: 8,
+            adaptive_concurrency: true,
             retry_base_delay: Duration::from_millis(500),
             max_retry_delay: Duration::from_secs(60),
             tools: ToolMode::Auto,
@@ -167,7 +173,8 @@ impl LlmConfig {
     /// - Key: `PRINCIPIA_LLM_API_KEY`, else `OPENAI_API_KEY` (optional: local servers need none).
     /// - Models: `PRINCIPIA_LLM_MODEL` (required), `PRINCIPIA_LLM_JUDGE_MODEL` (optional).
     /// - Optional tuning: `PRINCIPIA_LLM_TIMEOUT_SECS`, `PRINCIPIA_LLM_MAX_RETRIES`,
-    ///   `PRINCIPIA_LLM_CONCURRENCY`, `PRINCIPIA_LLM_TOOLS` (`auto`, `plain` or `off`),
+    ///   `PRINCIPIA_LLM_CONCURRENCY`, `PRINCIPIA_LLM_CONCURRENCY_MODE` (`adaptive` or `fixed`),
+    ///   `PRINCIPIA_LLM_TOOLS` (`auto`, `plain` or `off`),
     ///   `PRINCIPIA_LLM_STRUCTURED_OUTPUT` (`auto`, `json_schema`, `json_object` or `prompt`).
     ///
     /// Empty values count as unset.
@@ -208,6 +215,19 @@ impl LlmConfig {
         }
         if let Some(concurrency) = number("PRINCIPIA_LLM_CONCURRENCY")? {
             config.concurrency = usize::try_from(concurrency).unwrap_or(usize::MAX).max(1);
+        }
+        if let Some(value) = get("PRINCIPIA_LLM_CONCURRENCY_MODE") {
+            config.adaptive_concurrency = match value.trim() {
+                "adaptive" => true,
+                "fixed" => false,
+                _ => {
+                    return Err(LlmConfigError::Invalid {
+                        name: "PRINCIPIA_LLM_CONCURRENCY_MODE",
+                        value,
+                        expected: "concurrency mode (adaptive or fixed)",
+                    });
+                }
+            };
         }
         if let Some(value) = get("PRINCIPIA_LLM_TOOLS") {
             config.tools = value.parse().map_err(|()| LlmConfigError::Invalid {
@@ -406,6 +426,9 @@ pub struct ChatResponse {
     pub latency: Duration,
     /// Whether the reply came from the response cache (no request was sent).
     pub cached: bool,
+    /// Why earlier attempts of this call failed (retried errors and refused formats), one line
+    /// each, in order.
+    pub failed_attempts: Vec<String>,
 }
 
 impl ChatResponse {
@@ -416,7 +439,7 @@ impl ChatResponse {
 }
 
 /// A failed chat call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LlmError {
     /// Retryable failures (429, 5xx, timeouts, connection errors) went on after every retry.
     #[error("LLM server still failing after {attempts} attempts: {last}")]
@@ -433,6 +456,13 @@ impl LlmError {
     /// Whether a later retry of the whole unit of work may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, LlmError::RetriesExhausted { .. })
+    }
+
+    /// Whether the server refused the request because its prompt does not fit the model's
+    /// context window: a smaller request may pass, the same one never will.
+    pub fn exceeds_context(&self) -> bool {
+        matches!(self, LlmError::Rejected { message, .. }
+            if is_context_overflow(&message.to_ascii_lowercase()))
     }
 }
 
@@ -493,7 +523,7 @@ pub struct LlmClient {
     config: LlmConfig,
     endpoint: String,
     http: reqwest::Client,
-    permits: Semaphore,
+    limit: AdaptiveLimit,
     metrics: LlmMetrics,
     /// Fleet-wide (Redis) or process-wide limits of the endpoint, when configured.
     limiter: Option<(Arc<dyn RateLimiter>, RateLimits)>,
@@ -501,7 +531,14 @@ pub struct LlmClient {
     cache: Option<ResponseCache>,
     /// The structured-output shape this server takes, learned from its refusals.
     structured: Negotiated,
+    /// The server's last refusal of the API key (401/403) and when it came: for
+    /// [`KEY_REFUSAL_MEMORY`] every call fails at once with it instead of sending the key again.
+    key_refused: std::sync::Mutex<Option<(Instant, LlmError)>>,
 }
+
+/// How long a refused API key fails calls without sending them (a fixed key takes a restart or
+/// a secret rotation, which this outlasts rarely; a transient auth outage costs this long).
+const KEY_REFUSAL_MEMORY: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for LlmClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -535,15 +572,16 @@ impl LlmClient {
         reqwest::Url::parse(&endpoint).map_err(|e| {
             LlmError::Config(format!("invalid base URL {:?}: {e}", config.base_url))
         })?;
-        let permits = Semaphore::new(config.concurrency.max(1));
+        let limit = AdaptiveLimit::new(config.concurrency, config.adaptive_concurrency);
         Ok(LlmClient {
             endpoint,
             http,
-            permits,
+            limit,
             metrics: LlmMetrics::default(),
             limiter: None,
             cache: None,
             structured: Negotiated::new(config.structured_output),
+            key_refused: std::sync::Mutex::new(None),
             config,
         })
     }
@@ -586,6 +624,20 @@ impl LlmClient {
         self.metrics.snapshot()
     }
 
+    /// The server's refusal of the API key, if it came less than [`KEY_REFUSAL_MEMORY`] ago.
+    fn key_refusal(&self) -> Option<LlmError> {
+        let refused = self.key_refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < KEY_REFUSAL_MEMORY)
+            .map(|(_, error)| error.clone())
+    }
+
+    /// Requests this client keeps in flight at most now (learned, unless fixed).
+    pub fn concurrency_limit(&self) -> usize {
+        self.limit.current()
+    }
+
     /// The structured-output shape requests are sent with now (learned from refusals).
     pub fn structured_output(&self) -> OutputShape {
         self.structured.current()
@@ -600,22 +652,35 @@ impl LlmClient {
         if let Some(cached) = self.cached(cache_key.as_deref(), started).await {
             return Ok(cached);
         }
+        if let Some(refusal) = self.key_refusal() {
+            bump(&self.metrics.failed_calls, 1);
+            return Err(refusal);
+        }
         let mut attempts = 0u32;
+        let mut failed_attempts = Vec::new();
         loop {
             attempts += 1;
             bump(&self.metrics.attempts, 1);
             self.wait_for_rate_limit(&body, &request).await;
             let outcome = {
                 let _permit = self
-                    .permits
+                    .limit
                     .acquire()
                     .await
                     .map_err(|_| LlmError::Config("client closed".into()))?;
                 self.attempt(&request, &body).await
             };
+            match &outcome {
+                Attempt::Done(_) => self.limit.on_success(),
+                Attempt::Retry { reason, .. } if signals_overload(reason) => {
+                    self.limit.on_overload();
+                }
+                _ => {}
+            }
             match outcome {
                 Attempt::Done(mut response) => {
                     response.attempts = attempts;
+                    response.failed_attempts = failed_attempts;
                     response.latency = started.elapsed();
                     bump(&self.metrics.calls, 1);
                     metrics::LLM_TOKENS
@@ -659,6 +724,7 @@ impl LlmClient {
                             ),
                         });
                     };
+                    failed_attempts.push(format!("HTTP {status}: {message}"));
                     if changed {
                         tracing::warn!(
                             refused = %shape,
@@ -673,6 +739,21 @@ impl LlmClient {
                     if let Some(cached) = self.cached(cache_key.as_deref(), started).await {
                         return Ok(cached);
                     }
+                }
+                Attempt::Fail(LlmError::Rejected { status, message })
+                    if status == 401 || status == 403 =>
+                {
+                    bump(&self.metrics.failed_calls, 1);
+                    let error = LlmError::Rejected {
+                        status,
+                        message: format!(
+                            "the server at {} refuses the API key ({message}); set PRINCIPIA_LLM_API_KEY (or OPENAI_API_KEY) to a key it accepts",
+                            self.config.base_url
+                        ),
+                    };
+                    *self.key_refused.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((Instant::now(), error.clone()));
+                    return Err(error);
                 }
                 Attempt::Fail(error) => {
                     bump(&self.metrics.failed_calls, 1);
@@ -689,6 +770,7 @@ impl LlmClient {
                             last: reason,
                         });
                     }
+                    failed_attempts.push(reason.clone());
                     let delay = retry_after
                         .unwrap_or_else(|| self.backoff(attempts))
                         .min(self.config.max_retry_delay);
@@ -723,6 +805,7 @@ impl LlmClient {
             attempts: 0,
             latency: started.elapsed(),
             cached: true,
+            failed_attempts: Vec::new(),
         })
     }
 
@@ -835,6 +918,12 @@ impl LlmClient {
     }
 }
 
+/// Whether a retried failure says the server has more than it can take: a 429, a 503, or a
+/// request that timed out (the server may still be computing it).
+fn signals_overload(reason: &str) -> bool {
+    reason.starts_with("HTTP 429") || reason.starts_with("HTTP 503") || reason.starts_with("timed out")
+}
+
 /// Whether a server's error message blames a field of the request (its response format, its
 /// tools, its length): the same request fails the same way however often it is sent, so such a
 /// 500 is a refusal, not an outage (llama-cpp-python answers request validation errors with 500).
@@ -855,6 +944,7 @@ fn is_context_overflow(lower: &str) -> bool {
         || lower.contains("exceed context window")
         || lower.contains("exceeds the available context")
         || lower.contains("context size")
+        || lower.contains("maximum model length")
 }
 
 /// The error message of a 2xx body that carries `{"error": ...}` and no choices (some proxies and
@@ -1014,6 +1104,7 @@ fn parse_reply(request: &ChatRequest, bytes: &[u8]) -> Result<ChatResponse, Stri
         attempts: 1,
         latency: Duration::ZERO,
         cached: false,
+        failed_attempts: Vec::new(),
     })
 }
 

@@ -135,6 +135,16 @@ pub static LLM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static LLM_CONCURRENCY_LIMIT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "principia_llm_concurrency_limit",
+            "LLM requests this process keeps in flight at most now (adaptive concurrency).",
+        )
+        .expect("metric"),
+    )
+});
+
 pub static LLM_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     register(
         Histogram::with_opts(

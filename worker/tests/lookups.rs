@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proto::lookup::{Definition, LOOKUP_INDEX_VERSION, LookupIndex, LookupNode, Reference};
-use proto::{GeneratorKind, GeneratorSpec, JobSpec, RejectReason, ShardMessage, ShardSection};
+use proto::{
+    GeneratorKind, GeneratorSpec, Grounding, JobSpec, RejectReason, ShardMessage, ShardSection,
+};
 use serde_json::{Value, json};
 use tests::{RequestKind, RunningServer, ScriptedReply, ServerConfig, spawn};
 use worker::generate::Generator;
@@ -69,6 +71,7 @@ fn shard(sections: &[(&str, &str, &str)]) -> ShardMessage {
             model: Some("gen-model".into()),
             judge_model: None,
             temperature: 0.2,
+            grounding: Grounding::default(),
         },
         shard_token_budget: 8000,
         min_items_per_section: 1,

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use bytes::{Bytes, BytesMut};
-use proto::{GeneratorKind, GeneratorSpec, JobSpec};
+use proto::{GeneratorKind, GeneratorSpec, Grounding, JobSpec};
 use serde::Deserialize;
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -591,6 +591,15 @@ fn job_spec(
         ));
     }
     let openai = kind == GeneratorKind::Openai;
+    let grounding = match body.grounding.as_deref() {
+        None | Some("sentences") => Grounding::Sentences,
+        Some("quotes") => Grounding::Quotes,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "grounding {other:?} is not one of sentences, quotes"
+            )));
+        }
+    };
     let min_items = body.min_items.unwrap_or(defaults.min_items_per_section);
     let max_items = body.max_items.unwrap_or(defaults.max_items_per_section);
     if min_items > max_items {
@@ -615,6 +624,7 @@ fn job_spec(
             } else {
                 0.0
             },
+            grounding,
         },
         shard_token_budget: body.shard_tokens.unwrap_or(defaults.shard_token_budget),
         min_items_per_section: min_items,

@@ -1137,7 +1137,7 @@ impl Coordinator {
             job_id: &id,
             status: "completed",
             tree: &tree,
-            min_items_per_section: job.spec.min_items_per_section,
+            spec: &job.spec,
             shard_reports: &merged.shard_reports,
             records: &merged.records,
             merge_duplicates: merged.duplicates,

@@ -105,6 +105,9 @@ pub struct GenerateRequest {
     /// Principia: sampling temperature (`openai`).
     #[serde(default)]
     pub temperature: Option<f32>,
+    /// Principia: `sentences` (cite numbered sentences, the default) or `quotes` (`openai`).
+    #[serde(default)]
+    pub grounding: Option<String>,
     /// Principia: source tokens per shard at most.
     #[serde(default)]
     pub shard_tokens: Option<usize>,

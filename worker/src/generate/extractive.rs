@@ -51,6 +51,7 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 use proto::{JobSpec, RejectReason, Score, ShardMessage, ShardSection};
 
+use super::sentences::split_sentences;
 use super::{GenerateError, GeneratedItem, Generator, Quote, ShardGeneration, locate_quote};
 
 /// Recorded in every row this generator makes.
@@ -1035,104 +1036,6 @@ fn ends_as_chapeau(sentence: &str) -> bool {
     s.ends_with(':') || s.ends_with('—') || s.ends_with('–') || s.ends_with(" -")
 }
 
-const ABBREVIATIONS: &[&str] = &[
-    "al", "ann", "approx", "art", "assn", "ch", "cl", "co", "corp", "cf", "dept", "div", "dr",
-    "ex", "fed", "fig", "gov", "govt", "inc", "jr", "ltd", "mr", "mrs", "ms", "nat", "no", "nos",
-    "op", "p", "par", "para", "paras", "pp", "pt", "pts", "pub", "reg", "regs", "rev", "sec",
-    "secs", "seq", "sr", "st", "stat", "subch", "subpar", "subpt", "supp", "v", "viz", "vs",
-];
-
-/// Split `text[start..end]` into trimmed sentence spans.
-fn split_sentences(text: &str, start: usize, end: usize, out: &mut Vec<(usize, usize)>) {
-    let bytes = text.as_bytes();
-    let mut sentence_start = start;
-    let mut i = start;
-    while i < end {
-        let b = bytes[i];
-        if matches!(b, b'.' | b'?' | b'!') {
-            let mut j = i + 1;
-            while let Some(c) = text[j..end].chars().next() {
-                // Closing quotes and brackets, emphasis, and footnote numbers (`billion.¹`).
-                if matches!(
-                    c,
-                    '"' | '\'' | ')' | ']' | '”' | '’' | '*' | '_' | '⁰' | '¹' | '²' | '³' | '⁴'
-                        ..='⁹'
-                ) {
-                    j += c.len_utf8();
-                } else {
-                    break;
-                }
-            }
-            if j < end && text[j..end].starts_with(char::is_whitespace) {
-                let rest = &text[j..end];
-                let next = j + (rest.len() - rest.trim_start().len());
-                if next < end && is_boundary(text, i, next) {
-                    push_sentence(text, sentence_start, j, out);
-                    sentence_start = next;
-                    i = next;
-                    continue;
-                }
-            }
-        }
-        i += 1;
-    }
-    push_sentence(text, sentence_start, end, out);
-}
-
-fn is_boundary(text: &str, punct: usize, next: usize) -> bool {
-    let Some(following) = text[next..].chars().next() else {
-        return true;
-    };
-    if following.is_lowercase() {
-        return false;
-    }
-    if text.as_bytes()[punct] != b'.' {
-        return true;
-    }
-    let before = &text[..punct];
-    let token_start = before
-        .bytes()
-        .rposition(|b| !(b.is_ascii_alphabetic() || b == b'.'))
-        .map_or(0, |p| p + 1);
-    let token = &before[token_start..];
-    if token.is_empty() {
-        return true;
-    }
-    if token.contains('.') {
-        return false;
-    }
-    if token.len() == 1 && token.as_bytes()[0].is_ascii_uppercase() {
-        return !following.is_ascii_digit();
-    }
-    let lower = token.to_ascii_lowercase();
-    !ABBREVIATIONS.contains(&lower.as_str())
-}
-
-fn push_sentence(text: &str, start: usize, end: usize, out: &mut Vec<(usize, usize)>) {
-    let mut start = start;
-    // An inline run-in heading such as `In general.—` is not part of the sentence.
-    let mut head_end = end.min(start + 120);
-    while !text.is_char_boundary(head_end) {
-        head_end -= 1;
-    }
-    let head = &text[start..head_end];
-    for dash in [".—", ".–", ".--"] {
-        if let Some(p) = head.find(dash)
-            && head[..p].split_whitespace().count() <= 8
-            && start + p + dash.len() < end
-        {
-            start += p + dash.len();
-            break;
-        }
-    }
-    let slice = &text[start..end];
-    let trimmed = slice.trim();
-    if trimmed.is_empty() {
-        return;
-    }
-    let s = start + (slice.len() - slice.trim_start().len());
-    out.push((s, s + trimmed.len()));
-}
 
 // ---------------------------------------------------------------------------------------------
 // Citations and headings
@@ -2571,39 +2474,6 @@ impl Quantity {
 mod tests {
     use super::*;
 
-    fn sentences(text: &str) -> Vec<&str> {
-        let mut out = Vec::new();
-        split_sentences(text, 0, text.len(), &mut out);
-        out.into_iter().map(|(s, e)| &text[s..e]).collect()
-    }
-
-    #[test]
-    fn sentences_respect_abbreviations_decimals_and_citations() {
-        let text = "See 21 U.S.C. 321 and Sec. 3 of Pub. L. 95-203, e.g. drugs. \
-                    The limit is 1.5 mg. Under § 1.3 the holder (i.e. the owner) acts. No. 5 applies.";
-        assert_eq!(
-            sentences(text),
-            vec![
-                "See 21 U.S.C. 321 and Sec. 3 of Pub. L. 95-203, e.g. drugs.",
-                "The limit is 1.5 mg.",
-                "Under § 1.3 the holder (i.e. the owner) acts.",
-                "No. 5 applies."
-            ]
-        );
-    }
-
-    #[test]
-    fn footnote_numbers_stay_with_their_sentence() {
-        assert_eq!(
-            sentences("It spends $6 billion.\u{b9} A share is ours.\u{b2}\u{b3} It grows."),
-            vec![
-                "It spends $6 billion.\u{b9}",
-                "A share is ours.\u{b2}\u{b3}",
-                "It grows."
-            ]
-        );
-    }
-
     #[test]
     fn headings_name_and_sentences_say() {
         fn heading(text: &str, deeper_follows: bool) -> Option<&str> {
@@ -2655,14 +2525,6 @@ mod tests {
         assert_eq!(heading(refund, false), None);
         assert_eq!(heading("Human drug application fee.", false), None);
         assert_eq!(heading("The Secretary shall act.", true), None);
-    }
-
-    #[test]
-    fn run_in_headings_are_not_part_of_the_sentence() {
-        assert_eq!(
-            sentences("In general.—The Secretary shall act."),
-            vec!["The Secretary shall act."]
-        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod extractive;
 pub mod openai;
 pub mod plan;
+pub mod sentences;
 pub mod tools;
 
 use std::collections::BTreeMap;

@@ -9,15 +9,19 @@
 //!    first message of every call of a shard, generation and judge alike, is the same
 //!    `prompts/context.v1.md` rendering — the whole shard's source between `<source>` tags,
 //!    labelled as data, then the user's instructions — and only the second message differs. The
-//!    reply must follow a JSON schema (`response_format`), `{"items": [{question, answer,
-//!    evidence: [verbatim quote, ...], question_type}]}`, asking for `min..=max` items.
+//!    generation task ends with the target section's sentences numbered (`S1: ...`), and the
+//!    reply must follow a JSON schema (`response_format`, negotiated with the server:
+//!    [`crate::structured_output`]), `{"items": [{question, answer, evidence: ["S2", ...],
+//!    question_type}]}`, asking for `min..=max` items. With [`Grounding::Quotes`] the task asks
+//!    for verbatim quotes instead of ids.
 //! 2. **Validation.** An unusable reply is retried up to [`REPAIR_ATTEMPTS`] times with the
 //!    problem appended to the conversation; if it stays unusable the section counts one
 //!    candidate rejected as [`RejectReason::EmptyReply`], [`RejectReason::TruncatedReply`]
 //!    (`finish_reason = length`) or [`RejectReason::MalformedReply`] — never a null row.
-//! 3. **Deterministic checks** per item: every evidence quote located in the section text with
-//!    [`locate_quote`] (else `EvidenceNotInSource`), then the same answer, question, leak and
-//!    duplicate checks as the extractive generator.
+//! 3. **Deterministic checks** per item: every evidence entry resolved — a sentence id becomes
+//!    that sentence of the section, verbatim ([`NumberedSentences`]); anything else is a quote
+//!    located in the section text with [`locate_quote`] — else `EvidenceNotInSource`; then the
+//!    same answer, question, leak and duplicate checks as the extractive generator.
 //! 4. **One judge call** (judge model) over the section's surviving candidates, with rubric
 //!    scores 1–5 for faithfulness, relevance, specificity, self-containedness and citation and an
 //!    accept/reject verdict. An item is kept when the verdict is `accept`, faithfulness is at
@@ -42,29 +46,38 @@
 //! outlasts the client's retries makes the shard [`GenerateError::Transient`]; a rejected request
 //! (bad key, unknown model, malformed request) makes it [`GenerateError::Permanent`].
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
-use proto::{JobSpec, RejectReason, Score, ShardMessage, ShardSection, TokenUsage};
+use proto::{Grounding, JobSpec, RejectReason, Score, ShardMessage, ShardSection, TokenUsage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extractive::{QuestionType, check_answer, check_question};
 use super::plan::{SectionPlan, plan_section};
+use super::sentences::NumberedSentences;
 use super::tools::{Consulted, Lookups, MAX_LOOKUP_BYTES, MAX_TOOL_ROUNDS, SectionHints};
 use super::{GenerateError, GeneratedItem, Generator, Quote, ShardGeneration, locate_quote};
 use crate::dedup::NearDuplicates;
-use crate::llm::{ChatMessage, ChatRequest, JsonSchemaFormat, LlmClient, LlmError, ToolMode};
+use crate::llm::{
+    ChatMessage, ChatRequest, ChatResponse, JsonSchemaFormat, LlmClient, LlmError, ToolMode,
+};
 use crate::store::ObjectStore;
 
-/// Versions of the plan and the four templates, recorded in every row.
-pub const PROMPT_VERSION: &str = "openai-ctx-1/plan-1/gen-3/judge-3/refine-1/tools-1";
+/// Versions of the plan and the four templates, recorded in every row: with sentence grounding
+/// (the default) and with quotes.
+pub const PROMPT_VERSION: &str = "openai-ctx-1/plan-1/gen-4/judge-3/refine-1/tools-1";
+pub const QUOTES_PROMPT_VERSION: &str = "openai-ctx-1/plan-1/gen-3/judge-3/refine-1/tools-1";
 
 const CONTEXT_TEMPLATE: &str = include_str!("../../prompts/context.v1.md");
-const GENERATE_TEMPLATE: &str = include_str!("../../prompts/generate.v3.md");
+/// The generation task with the target section's sentences numbered, cited by id.
+const GENERATE_TEMPLATE: &str = include_str!("../../prompts/generate.v4.md");
+/// The generation task asking for exact quotes ([`Grounding::Quotes`]).
+const GENERATE_QUOTES_TEMPLATE: &str = include_str!("../../prompts/generate.v3.md");
 const JUDGE_TEMPLATE: &str = include_str!("../../prompts/judge.v3.md");
 const REFINE_TEMPLATE: &str = include_str!("../../prompts/refine.v1.md");
 
@@ -89,6 +102,28 @@ pub const CRITERIA: [&str; 5] = [
 /// scenarios and out-of-scope requests, and anything else).
 const EXTRA_TYPES: [&str; 3] = ["scenario", "out_of_scope", "other"];
 const OTHER_TYPE: &str = "other";
+
+/// Completion tokens a generation or refine call may use per item asked for, and for the reply's
+/// envelope: about three times what an item takes, so that a model stops well before a long
+/// ramble (a one-slot laptop server spends a minute on 1,000 tokens).
+const MAX_TOKENS_PER_ITEM: u32 = 300;
+const MAX_TOKENS_ENVELOPE: u32 = 200;
+
+/// The version of the prompts a job's grounding uses.
+pub fn prompt_version(grounding: Grounding) -> &'static str {
+    match grounding {
+        Grounding::Sentences => PROMPT_VERSION,
+        Grounding::Quotes => QUOTES_PROMPT_VERSION,
+    }
+}
+
+/// Completion tokens for a reply of `items` items.
+fn max_tokens_for(items: u32) -> u32 {
+    items
+        .saturating_mul(MAX_TOKENS_PER_ITEM)
+        .saturating_add(MAX_TOKENS_ENVELOPE)
+        .min(16_384)
+}
 
 /// Loaded lookup indexes kept at most (one per job and tree version in progress).
 const LOADED_LOOKUPS: usize = 8;
@@ -213,7 +248,7 @@ impl Generator for OpenAiGenerator {
     }
 
     async fn generate(&self, shard: &ShardMessage) -> Result<ShardGeneration, GenerateError> {
-        let context = render_context(shard);
+        let context = render_context(shard, None);
         let lookups = self.lookups_for(shard).await?;
         let outcomes =
             try_join_all(shard.sections.iter().enumerate().map(|(i, section)| {
@@ -229,13 +264,17 @@ impl Generator for OpenAiGenerator {
             structured_output: self.client.structured_output().as_str().to_string(),
             tools: self.client.config().tools == ToolMode::Auto
                 && !self.tools_refused.load(Ordering::Relaxed),
+            concurrency: Some(self.client.concurrency_limit() as u64),
         }));
         generation.report.sections = shard.sections.len() as u64;
         for outcome in outcomes {
             generation.report.candidates += outcome.candidates;
             generation.report.planned += u64::from(outcome.planned);
             generation.report.lookups += outcome.lookups;
-            generation.report.usage.add(outcome.usage);
+            generation.report.usage.add(outcome.spent.usage);
+            for (message, count) in outcome.spent.server_errors {
+                *generation.report.server_errors.entry(message).or_insert(0) += count;
+            }
             for reason in outcome.rejected {
                 generation.reject(&outcome.node_id, reason);
             }
@@ -260,9 +299,39 @@ struct SectionOutcome {
     planned: u32,
     candidates: u64,
     rejected: Vec<RejectReason>,
-    usage: TokenUsage,
+    spent: Spent,
     /// Tool calls answered.
     lookups: u64,
+}
+
+/// What a section's calls cost: tokens, and the server errors met on the way (retried or
+/// negotiated), by message.
+#[derive(Debug, Default)]
+struct Spent {
+    usage: TokenUsage,
+    server_errors: BTreeMap<String, u64>,
+}
+
+impl Spent {
+    fn record(&mut self, reply: &ChatResponse) {
+        self.usage.add(reply.usage);
+        for message in &reply.failed_attempts {
+            *self
+                .server_errors
+                .entry(truncated(message, MAX_SERVER_ERROR_CHARS))
+                .or_insert(0) += 1;
+        }
+    }
+}
+
+/// Characters of a server error message kept in the report.
+const MAX_SERVER_ERROR_CHARS: usize = 200;
+
+fn truncated(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 /// A candidate that passed the deterministic checks, waiting for the judge.
@@ -332,13 +401,15 @@ impl OpenAiGenerator {
         let hints = lookups
             .map(|l| l.hints(&section.node_id))
             .unwrap_or_default();
+        let mut context = Cow::Borrowed(context);
+        let mut lookups = lookups;
         let mut offer_tools = lookups.is_some() && self.offers_tools();
         let mut consulted;
         let reply = loop {
             let request = self.generation_request(
                 spec,
                 &plan,
-                context,
+                &context,
                 &number,
                 section,
                 lookups,
@@ -354,15 +425,29 @@ impl OpenAiGenerator {
                 consulted: Vec::new(),
             });
             match self
-                .ask(request, &mut outcome.usage, parse_items, session.as_mut())
+                .ask(request, &mut outcome.spent, parse_items, session.as_mut())
                 .await
             {
                 Err(error) if offer_tools && refuses_tools(&error) => {
                     self.note_tools_refused(&error.to_string());
                     offer_tools = false;
                 }
+                // A prompt too long for the model sheds what is optional and goes again: the
+                // lookups first, then the shard's other sections (the context becomes this section
+                // alone, for the judge and refine calls too).
+                Ok(Err(RejectReason::Context)) if lookups.is_some() => {
+                    lookups = None;
+                    offer_tools = false;
+                }
+                Ok(Err(RejectReason::Context))
+                    if shard.sections.len() > 1 && matches!(context, Cow::Borrowed(_)) =>
+                {
+                    context = Cow::Owned(render_context(shard, Some(section)));
+                }
                 result => {
-                    outcome.lookups += hints.0.len() as u64;
+                    if lookups.is_some() {
+                        outcome.lookups += hints.0.len() as u64;
+                    }
                     if let Some(session) = session {
                         outcome.lookups += session.calls;
                         for text in session.consulted {
@@ -379,6 +464,8 @@ impl OpenAiGenerator {
             context,
             number,
             section,
+            sentences: (spec.generator.grounding == Grounding::Sentences)
+                .then(|| NumberedSentences::of(&section.text)),
             consulted,
         };
         let items = match reply.map_err(|e| shard_error(e, section))? {
@@ -437,13 +524,12 @@ impl OpenAiGenerator {
             vec![ChatMessage::system(context), ChatMessage::user(prompt)],
         );
         request.temperature = Some(spec.generator.temperature);
-        request.max_tokens = Some(
-            plan.target
-                .saturating_mul(400)
-                .saturating_add(400)
-                .min(16_384),
-        );
-        request.response_format = Some(items_format(ITEMS_SCHEMA_NAME, false));
+        request.max_tokens = Some(max_tokens_for(plan.target));
+        request.response_format = Some(items_format(
+            ITEMS_SCHEMA_NAME,
+            false,
+            spec.generator.grounding,
+        ));
         if offer_tools {
             request.tools = Lookups::tool_definitions();
             request.tool_choice = Some("auto".into());
@@ -479,7 +565,7 @@ impl OpenAiGenerator {
         let mut request = ChatRequest::new(
             judge_model,
             vec![
-                ChatMessage::system(target.context),
+                ChatMessage::system(target.context.as_ref()),
                 ChatMessage::user(prompt),
             ],
         );
@@ -490,7 +576,7 @@ impl OpenAiGenerator {
         let verdicts = match self
             .ask(
                 request,
-                &mut outcome.usage,
+                &mut outcome.spent,
                 |text| parse_verdicts(text, count),
                 None,
             )
@@ -536,7 +622,7 @@ impl OpenAiGenerator {
                     scores,
                     verdict: if revised { "accept_refined" } else { "accept" }.into(),
                     question_type: candidate.question_type,
-                    prompt_version: PROMPT_VERSION.to_string(),
+                    prompt_version: prompt_version(spec.generator.grounding).to_string(),
                 },
             ));
         }
@@ -568,23 +654,22 @@ impl OpenAiGenerator {
         let mut request = ChatRequest::new(
             model,
             vec![
-                ChatMessage::system(target.context),
+                ChatMessage::system(target.context.as_ref()),
                 ChatMessage::user(prompt),
             ],
         );
         request.temperature = Some(spec.generator.temperature);
-        request.max_tokens = Some(
-            (critiques.len() as u32)
-                .saturating_mul(400)
-                .saturating_add(400)
-                .min(16_384),
-        );
-        request.response_format = Some(items_format(REVISIONS_SCHEMA_NAME, true));
+        request.max_tokens = Some(max_tokens_for(critiques.len() as u32));
+        request.response_format = Some(items_format(
+            REVISIONS_SCHEMA_NAME,
+            true,
+            spec.generator.grounding,
+        ));
         let count = critiques.len();
         let revisions = match self
             .ask(
                 request,
-                &mut outcome.usage,
+                &mut outcome.spent,
                 |text| parse_revisions(text, count),
                 None,
             )
@@ -618,18 +703,26 @@ impl OpenAiGenerator {
 
     /// Call the model and parse its reply, answering its tool calls (with a `session`) and
     /// repairing unusable replies; see the module docs. `Ok(Err(reason))` is a reply that stayed
-    /// unusable; `Err` an LLM failure.
+    /// unusable, or a prompt the server says exceeds the model's context (`Context`); `Err` an
+    /// LLM failure.
     async fn ask<T>(
         &self,
         mut request: ChatRequest,
-        usage: &mut TokenUsage,
+        spent: &mut Spent,
         parse: impl Fn(&str) -> Result<T, String>,
         mut session: Option<&mut ToolSession<'_>>,
     ) -> Result<Result<T, RejectReason>, LlmError> {
         let mut attempt = 0;
         loop {
-            let reply = self.client.chat(request.clone()).await?;
-            usage.add(reply.usage);
+            let reply = match self.client.chat(request.clone()).await {
+                Ok(reply) => reply,
+                Err(error) if error.exceeds_context() => {
+                    tracing::warn!(%error, "a prompt does not fit the model's context");
+                    return Ok(Err(RejectReason::Context));
+                }
+                Err(error) => return Err(error),
+            };
+            spent.record(&reply);
             if !reply.tool_calls.is_empty()
                 && let Some(session) = session.as_deref_mut()
                 && session.rounds < MAX_TOOL_ROUNDS
@@ -682,11 +775,14 @@ fn shard_error(error: LlmError, section: &ShardSection) -> GenerateError {
 
 /// The section a call is about, with what every call on it repeats.
 struct SectionTarget<'a> {
-    /// The shard's shared first message.
-    context: &'a str,
+    /// The first message: the shard's shared one, or this section's alone when the shard's did
+    /// not fit the model's context.
+    context: Cow<'a, str>,
     /// The section's number in the context.
     number: String,
     section: &'a ShardSection,
+    /// The section's numbered sentences, which evidence cites by id ([`Grounding::Sentences`]).
+    sentences: Option<NumberedSentences<'a>>,
     /// Texts the generation call's lookups showed; evidence may quote them.
     consulted: Vec<Consulted>,
 }
@@ -822,29 +918,41 @@ fn cap_items(
         .collect()
 }
 
-/// Locate every quote in the section text, else in a looked-up text. No quote, a quote found in
-/// neither, or no quote of the section itself is `EvidenceNotInSource`.
-fn locate_all(target: &SectionTarget<'_>, quotes: &[String]) -> Result<Vec<Quote>, RejectReason> {
+/// Resolve every evidence entry: sentence ids of the section (with sentence grounding) become
+/// those sentences, verbatim; anything else is a quote located in the section text, else in a
+/// looked-up text. No evidence, an entry that is neither, or no evidence from the section itself
+/// is `EvidenceNotInSource`.
+fn locate_all(target: &SectionTarget<'_>, entries: &[String]) -> Result<Vec<Quote>, RejectReason> {
     let section = target.section;
     let texts = std::iter::once((&section.node_id, &section.text))
         .chain(target.consulted.iter().map(|c| (&c.node_id, &c.text)));
-    let located = quotes
-        .iter()
-        .map(|quote| {
-            texts
-                .clone()
-                .find_map(|(node_id, text)| {
-                    let (start, end) = locate_quote(text, quote)?;
-                    Some(Quote {
-                        node_id: node_id.clone(),
-                        text: text[start..end].to_string(),
-                        start,
-                        end,
-                    })
+    let of_section = |(start, end): (usize, usize)| Quote {
+        node_id: section.node_id.clone(),
+        text: section.text[start..end].to_string(),
+        start,
+        end,
+    };
+    let mut located = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if let Some(spans) = target.sentences.as_ref().and_then(|s| s.resolve(entry)) {
+            located.extend(spans.into_iter().map(of_section));
+            continue;
+        }
+        let quote = texts
+            .clone()
+            .find_map(|(node_id, text)| {
+                let (start, end) = locate_quote(text, entry)?;
+                Some(Quote {
+                    node_id: node_id.clone(),
+                    text: text[start..end].to_string(),
+                    start,
+                    end,
                 })
-                .ok_or(RejectReason::EvidenceNotInSource)
-        })
-        .collect::<Result<Vec<Quote>, RejectReason>>()?;
+            })
+            .ok_or(RejectReason::EvidenceNotInSource)?;
+        located.push(quote);
+    }
+    located.dedup_by(|a, b| a.node_id == b.node_id && a.start == b.start && a.end == b.end);
     if located.iter().any(|q| q.node_id == section.node_id) {
         Ok(located)
     } else {
@@ -864,9 +972,11 @@ fn normalise_type(question_type: &str) -> String {
     }
 }
 
-/// Bytes of one item in a generation reply (question, answer, evidence quote and type as JSON).
-/// Measured on replies of the size the generation prompt asks for; see BENCHMARKS.md.
-pub const ESTIMATED_ITEM_REPLY_BYTES: usize = 460;
+/// Bytes of one item in a generation reply (question, answer, evidence and type as JSON), with
+/// evidence cited by sentence id and with evidence quoted. Measured on replies of the size the
+/// generation prompt asks for; see BENCHMARKS.md.
+pub const ESTIMATED_ITEM_REPLY_BYTES: usize = 332;
+pub const ESTIMATED_QUOTED_ITEM_REPLY_BYTES: usize = 460;
 /// Bytes of one candidate in the judge prompt's pretty-printed `<candidates>` block.
 pub const ESTIMATED_CANDIDATE_PROMPT_BYTES: usize = 560;
 /// Bytes of one verdict in a judge reply (index, five scores, verdict, fixable, reason).
@@ -909,8 +1019,12 @@ pub struct ShardEstimate {
 /// The estimate assumes the judge accepts every candidate and no reply needs a repair: a refine
 /// round adds two calls to a section, a repair one.
 pub fn estimate_shard(shard: &ShardMessage, lookups: Option<&Lookups>) -> ShardEstimate {
-    let context = render_context(shard);
+    let context = render_context(shard, None);
     let spec = &shard.spec;
+    let item_reply_bytes = match spec.generator.grounding {
+        Grounding::Sentences => ESTIMATED_ITEM_REPLY_BYTES,
+        Grounding::Quotes => ESTIMATED_QUOTED_ITEM_REPLY_BYTES,
+    };
     let mut estimate = ShardEstimate::default();
     for (i, section) in shard.sections.iter().enumerate() {
         let plan = plan_section(
@@ -948,7 +1062,7 @@ pub fn estimate_shard(shard: &ShardMessage, lookups: Option<&Lookups>) -> ShardE
         estimate.calls += 2;
         estimate.prompt_tokens += tokens(context.len() + generation.len()) + tokens(judge_bytes);
         estimate.completion_tokens +=
-            tokens(ESTIMATED_REPLY_ENVELOPE_BYTES + target * ESTIMATED_ITEM_REPLY_BYTES)
+            tokens(ESTIMATED_REPLY_ENVELOPE_BYTES + target * item_reply_bytes)
                 + tokens(ESTIMATED_REPLY_ENVELOPE_BYTES + target * ESTIMATED_VERDICT_REPLY_BYTES);
     }
     estimate
@@ -962,9 +1076,17 @@ fn generation_prompt(
     section: &ShardSection,
     lookups: &str,
 ) -> String {
+    let (template, sentences) = match spec.generator.grounding {
+        Grounding::Sentences => (
+            GENERATE_TEMPLATE,
+            NumberedSentences::of(&section.text).render(),
+        ),
+        Grounding::Quotes => (GENERATE_QUOTES_TEMPLATE, String::new()),
+    };
     render(
-        GENERATE_TEMPLATE,
+        template,
         &[
+            ("sentences", &sentences),
             (
                 "min_items",
                 &spec.min_items_per_section.clamp(1, plan.target).to_string(),
@@ -1003,10 +1125,15 @@ fn render(template: &str, values: &[(&str, &str)]) -> String {
 }
 
 /// The shared first message of every call of a shard.
-fn render_context(shard: &ShardMessage) -> String {
+/// The first message of every call: the shard's sections (or only `alone`, keeping its number)
+/// and the user's instructions.
+fn render_context(shard: &ShardMessage, alone: Option<&ShardSection>) -> String {
     let mut sections = String::new();
     for (i, section) in shard.sections.iter().enumerate() {
-        if i > 0 {
+        if alone.is_some_and(|a| !std::ptr::eq(a, section)) {
+            continue;
+        }
+        if !sections.is_empty() {
             sections.push('\n');
         }
         sections.push_str(&format!(
@@ -1063,13 +1190,20 @@ fn candidates_json_refs(pending: &[&Pending], critiques: &[&str]) -> String {
 }
 
 /// The items schema; revisions also carry the `index` of the candidate they revise.
-fn items_format(name: &str, with_index: bool) -> JsonSchemaFormat {
+///
+/// No source text ever goes into a schema (a quote in an `enum` can break a server's grammar):
+/// sentence ids are described, not enumerated.
+fn items_format(name: &str, with_index: bool, grounding: Grounding) -> JsonSchemaFormat {
     let mut types: Vec<&str> = QuestionType::ALL.iter().map(|t| t.as_str()).collect();
     types.extend(EXTRA_TYPES);
+    let evidence = match grounding {
+        Grounding::Sentences => "a sentence id of the target section (S1, S2, ...), or an exact quote of a looked-up text",
+        Grounding::Quotes => "an exact quote of the target section or of a looked-up text",
+    };
     let mut properties = json!({
         "question": {"type": "string"},
         "answer": {"type": "string"},
-        "evidence": {"type": "array", "items": {"type": "string"}},
+        "evidence": {"type": "array", "items": {"type": "string", "description": evidence}},
         "question_type": {"type": "string", "enum": types},
     });
     let mut required = vec!["question", "answer", "evidence", "question_type"];
@@ -1297,6 +1431,19 @@ mod tests {
             (
                 GENERATE_TEMPLATE,
                 &[
+                    "sentences",
+                    "min_items",
+                    "target_items",
+                    "section_number",
+                    "citation",
+                    "section_path",
+                    "plan",
+                    "lookups",
+                ][..],
+            ),
+            (
+                GENERATE_QUOTES_TEMPLATE,
+                &[
                     "min_items",
                     "target_items",
                     "section_number",
@@ -1392,7 +1539,7 @@ mod tests {
         let estimate = estimate_shard(&shard, None);
         assert_eq!(estimate.sections, 2);
         assert_eq!(estimate.calls, 4);
-        let context = render_context(&shard).len() as u64;
+        let context = render_context(&shard, None).len() as u64;
         assert!(estimate.prompt_tokens > 4 * context / 4, "{estimate:?}");
         assert_eq!(
             estimate.completion_tokens,
