@@ -69,7 +69,7 @@ fn server_errors(reports: &[ShardReport]) -> Vec<ServerError> {
             count,
         })
         .collect();
-    errors.sort_by(|a, b| b.count.cmp(&a.count));
+    errors.sort_by_key(|e| std::cmp::Reverse(e.count));
     errors.truncate(LISTED_SERVER_ERRORS);
     errors
 }
@@ -406,11 +406,7 @@ pub fn render(report: &JobReport) -> String {
         );
     }
     for error in &report.server_errors {
-        let _ = writeln!(
-            out,
-            "server error ({}×): {}",
-            error.count, error.message
-        );
+        let _ = writeln!(out, "server error ({}×): {}", error.count, error.message);
     }
     let _ = writeln!(
         out,

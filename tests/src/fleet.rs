@@ -177,7 +177,10 @@ impl Fleet {
     fn spawn_worker(&mut self, args: &[&str]) -> usize {
         let index = self.workers.len();
         let mut command = self.command(&format!("worker-{index}.log"));
-        command.arg("worker").args(args).args(["--grace-secs", "30"]);
+        command
+            .arg("worker")
+            .args(args)
+            .args(["--grace-secs", "30"]);
         for (key, value) in &self.worker_env {
             command.env(key, value);
         }

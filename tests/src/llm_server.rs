@@ -566,17 +566,25 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
             counters.context_exceeded.fetch_add(1, Ordering::SeqCst);
             let (message, kind, code) = match config.context_wording {
                 ContextWording::OpenAi => (
-                    format!("This model's maximum context length is {limit} tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.", prompt + completion),
+                    format!(
+                        "This model's maximum context length is {limit} tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.",
+                        prompt + completion
+                    ),
                     "invalid_request_error",
                     "context_length_exceeded",
                 ),
                 ContextWording::Vllm => (
-                    format!("This model's maximum context length is {limit} tokens. However, you requested {} tokens ({prompt} in the messages, {completion} in the completion). Please reduce the length of the messages or completion.", prompt + completion),
+                    format!(
+                        "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({prompt} in the messages, {completion} in the completion). Please reduce the length of the messages or completion.",
+                        prompt + completion
+                    ),
                     "BadRequestError",
                     "400",
                 ),
                 ContextWording::VllmDecoderPrompt => (
-                    format!("The decoder prompt (length {prompt}) is longer than the maximum model length of {limit}. Make sure that `max_model_len` is no smaller than the number of text tokens."),
+                    format!(
+                        "The decoder prompt (length {prompt}) is longer than the maximum model length of {limit}. Make sure that `max_model_len` is no smaller than the number of text tokens."
+                    ),
                     "BadRequestError",
                     "400",
                 ),

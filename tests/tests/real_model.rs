@@ -1,8 +1,13 @@
 //! Principia against a real model with default settings: `principia run --generator openai` and a
 //! one-worker fleet job on Part 1 of the example policy, served by llama-cpp-python with
-//! SmolLM2-135M-Instruct (`tests::llama`). A model this small never copies a quote character for
-//! character; it cites the numbered sentences of a section, and the rows it keeps carry those
-//! sentences verbatim.
+//! SmolLM2-135M-Instruct (`tests::llama`).
+//!
+//! What holds for a model this small, and is asserted: the job completes with defaults (the
+//! server's refusal of `json_schema` is met once and negotiated down, a one-slot server is not
+//! sent a queue), candidates are made, and none is lost to grounding (this model never copies a
+//! quote character for character; it cites the numbered sentences, which the schema enumerates);
+//! any row kept carries its sentences verbatim. Whether its items pass the checks and its own
+//! judge varies from run to run (see BENCHMARKS.md): rows are not asserted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +20,8 @@ use tests::fleet::Fleet;
 use tests::llama::LlamaServer;
 use tests::principia;
 
-const INSTRUCTIONS: &str = "I want a chatbot that answers members' questions about Harbor's lending policy";
+const INSTRUCTIONS: &str =
+    "I want a chatbot that answers members' questions about Harbor's lending policy";
 
 /// Part 1 of the example policy (its title, preamble and Sections 1.1 to 1.3), as a file of its
 /// own in `dir`: three sections keep a run on a 2-core machine to a few minutes.
@@ -58,18 +64,37 @@ fn assert_grounded(records: &[Record], tree: &Value) {
     }
 }
 
-/// What the report says of the server: the endpoint, JSON object with the schema (this server
-/// refuses `json_schema`), and tools not in use (it ignores them).
-fn assert_server_named(report: &Value, server: &LlamaServer) {
+/// What the report says of the server and the candidates: the endpoint, JSON object with the
+/// schema (this server refuses `json_schema`, once), at most two requests in flight (one slot),
+/// candidates made and none ungrounded.
+fn assert_report(report: &Value, server: &LlamaServer) {
     let found = &report["llm_server"];
     assert_eq!(found["endpoint"], server.base_url(), "{report}");
     assert_eq!(found["structured_output"], "json_object", "{report}");
+    assert!(found["concurrency"].as_u64().unwrap() <= 2, "{report}");
     assert_eq!(report["generator"], "openai");
     assert_eq!(report["model"], server.model());
+    let refusals: Vec<&Value> = report["server_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().contains("json_object"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{report}");
+    assert_eq!(refusals[0]["count"], 1, "{report}");
+    assert!(
+        report["items"]["candidates"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(
+        report["rejected"].get("evidence_not_in_source"),
+        None,
+        "{report}"
+    );
 }
 
 #[test]
-fn principia_run_with_defaults_keeps_grounded_rows_from_a_small_real_model() {
+fn principia_run_with_defaults_completes_against_a_small_real_model_and_grounds_by_sentence_id() {
     let server = LlamaServer::start().expect("llama_cpp.server starts");
     let dir = tempfile::tempdir().unwrap();
     let input = part_one(dir.path());
@@ -92,23 +117,19 @@ fn principia_run_with_defaults_keeps_grounded_rows_from_a_small_real_model() {
     let records = read_dataset(&out.join("dataset.parquet"));
     let report: Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    assert!(
-        !records.is_empty(),
-        "no rows: {}",
-        serde_json::to_string_pretty(&report).unwrap()
-    );
+    assert_eq!(report["status"], "completed");
+    assert_report(&report, &server);
+    assert_eq!(report["items"]["accepted"], records.len() as u64);
+    let job = report["job_id"].as_str().unwrap();
     let tree: Value = serde_json::from_slice(
-        &std::fs::read(out.join("jobs").join(&records[0].job_id).join("tree.json")).unwrap(),
+        &std::fs::read(out.join("jobs").join(job).join("tree.json")).unwrap(),
     )
     .unwrap();
     assert_grounded(&records, &tree);
-    assert_eq!(report["status"], "completed");
-    assert_server_named(&report, &server);
-    assert_eq!(report["items"]["accepted"], records.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_fleet_job_with_one_default_worker_keeps_grounded_rows_from_a_small_real_model() {
+async fn a_fleet_job_with_one_default_worker_completes_against_a_small_real_model() {
     let server = LlamaServer::start().expect("llama_cpp.server starts");
     let dir = tempfile::tempdir().unwrap();
     let input = part_one(dir.path());
@@ -133,7 +154,6 @@ async fn a_fleet_job_with_one_default_worker_keeps_grounded_rows_from_a_small_re
     let path = dir.path().join("dataset.parquet");
     fleet.cli(&["download", &job, "-o", path.to_str().unwrap()]);
     let records = read_dataset(&path);
-    assert!(!records.is_empty(), "no rows: {status}");
     // The coordinator reads the file as `principia convert` does: the same tree, the same ids.
     let tree_path = dir.path().join("tree.json");
     let converted = principia::run(
@@ -149,5 +169,5 @@ async fn a_fleet_job_with_one_default_worker_keeps_grounded_rows_from_a_small_re
     let (code, body) = fleet.http_get(&format!("/v1/flow/alignment/{job}/report"));
     assert_eq!(code, 200, "{body}");
     let report: Value = serde_json::from_str(&body).expect("report is JSON");
-    assert_server_named(&report, &server);
+    assert_report(&report, &server);
 }

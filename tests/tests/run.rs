@@ -586,3 +586,33 @@ fn parts_on_disk(out: &Path) -> usize {
         })
         .sum()
 }
+
+#[test]
+fn a_run_that_cannot_reach_its_llm_server_says_why_it_failed() {
+    // A port nothing listens on: every call fails to connect.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let out = tempfile::tempdir().unwrap();
+    let output = principia::run(&mut run_openai(
+        &format!("http://127.0.0.1:{port}/v1"),
+        out.path(),
+        &["--llm-max-retries", "0"],
+    ));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr
+        .lines()
+        .find(|line| line.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(last.contains("delivery limit"), "{last}");
+    assert!(last.contains("last error"), "{last}");
+    assert!(last.contains("connection failed"), "{last}");
+    let report = read_report(out.path());
+    assert_eq!(report["status"], "failed");
+    assert_eq!(report["generator"], "openai");
+    assert_eq!(report["model"], "test-model");
+    let reason = report["failed_shards"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("connection failed"), "{reason}");
+}

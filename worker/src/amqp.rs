@@ -576,7 +576,8 @@ impl Settle for AmqpSettler {
     async fn settle(&self, disposition: Disposition) -> Result<(), QueueError> {
         let result = match disposition {
             Disposition::Ack => self.acker.ack(Default::default()).await,
-            Disposition::Requeue => {
+            // The broker counts it toward the queue's delivery limit; the reason is logged.
+            Disposition::Requeue(_) => {
                 self.acker
                     .reject(BasicRejectOptions { requeue: true })
                     .await

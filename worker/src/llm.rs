@@ -668,6 +668,14 @@ impl LlmClient {
                     .acquire()
                     .await
                     .map_err(|_| LlmError::Config("client closed".into()))?;
+                // Another call may have learned a format the server takes while this one waited:
+                // it is sent that way, not refused once more.
+                let learned = self.structured.current();
+                if learned != shape {
+                    shape = learned;
+                    body = request.body(shape);
+                    cache_key = self.cache.as_ref().map(|_| ResponseCache::key(&body));
+                }
                 self.attempt(&request, &body).await
             };
             match &outcome {
@@ -921,7 +929,9 @@ impl LlmClient {
 /// Whether a retried failure says the server has more than it can take: a 429, a 503, or a
 /// request that timed out (the server may still be computing it).
 fn signals_overload(reason: &str) -> bool {
-    reason.starts_with("HTTP 429") || reason.starts_with("HTTP 503") || reason.starts_with("timed out")
+    reason.starts_with("HTTP 429")
+        || reason.starts_with("HTTP 503")
+        || reason.starts_with("timed out")
 }
 
 /// Whether a server's error message blames a field of the request (its response format, its

@@ -156,7 +156,7 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
                     ShardEvent::Failed {
                         job_id,
                         shard_id: delivery.message_id.clone(),
-                        requeued: disposition == Disposition::Requeue,
+                        requeued: matches!(disposition, Disposition::Requeue(_)),
                         error: error.to_string(),
                     },
                 )
@@ -166,7 +166,7 @@ async fn handle(delivery: Delivery, processor: &ShardProcessor, events: &dyn Eve
             (Disposition::Ack, ShardEvent::Duplicate { .. }) => "duplicate",
             (Disposition::Ack, ShardEvent::Cancelled { .. }) => "cancelled",
             (Disposition::Ack, _) => "success",
-            (Disposition::Requeue, _) => "retry",
+            (Disposition::Requeue(_), _) => "retry",
             (Disposition::DeadLetter(_), _) => "dead_letter",
             (Disposition::Release, _) => "released",
         };

@@ -84,9 +84,10 @@ impl ShardError {
     /// How the delivery that caused this error is settled.
     pub fn disposition(&self) -> Disposition {
         match self {
-            ShardError::Generate(GenerateError::Transient(_)) => Disposition::Requeue,
-            ShardError::Store(e) if e.is_transient() => Disposition::Requeue,
-            ShardError::Budget(_) => Disposition::Requeue,
+            ShardError::Generate(GenerateError::Transient(_)) | ShardError::Budget(_) => {
+                Disposition::Requeue(self.to_string())
+            }
+            ShardError::Store(e) if e.is_transient() => Disposition::Requeue(self.to_string()),
             ShardError::Decode(_)
             | ShardError::InvalidJobId(_)
             | ShardError::GeneratorUnavailable(_)

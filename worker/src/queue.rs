@@ -27,8 +27,9 @@ pub enum QueueError {
 pub enum Disposition {
     /// Done (or already done): remove it from the queue.
     Ack,
-    /// Try again later, possibly elsewhere; counts toward the delivery limit.
-    Requeue,
+    /// Try again later, possibly elsewhere; counts toward the delivery limit. The reason is the
+    /// failure's, kept where the queue records why a message was given up on.
+    Requeue(String),
     /// Retrying cannot help: move to the dead-letter queue, with the reason.
     DeadLetter(String),
     /// Not started (shutting down): hand back without counting as a failure.
@@ -195,15 +196,18 @@ impl Settle for MemorySettler {
             match &disposition {
                 Disposition::Ack => {}
                 Disposition::DeadLetter(reason) => state.dead.push((id.clone(), reason.clone())),
-                Disposition::Requeue if over_limit => state.dead.push((
+                Disposition::Requeue(reason) if over_limit => state.dead.push((
                     id.clone(),
-                    format!("delivery limit of {} reached", queue.inner.delivery_limit),
+                    format!(
+                        "delivery limit of {} reached; last error: {reason}",
+                        queue.inner.delivery_limit
+                    ),
                 )),
-                Disposition::Requeue | Disposition::Release => {}
+                Disposition::Requeue(_) | Disposition::Release => {}
             }
         }
         match disposition {
-            Disposition::Requeue if !over_limit => queue.push(body, id, deliveries),
+            Disposition::Requeue(_) if !over_limit => queue.push(body, id, deliveries),
             Disposition::Release => queue.push(body, id, deliveries - 1),
             _ => queue.inner.notify.notify_waiters(),
         }
@@ -242,7 +246,11 @@ mod tests {
             let delivery = consumer.next().await.unwrap().unwrap();
             assert_eq!(delivery.redelivered, deliveries > 0);
             deliveries += 1;
-            delivery.settler.settle(Disposition::Requeue).await.unwrap();
+            delivery
+                .settler
+                .settle(Disposition::Requeue("HTTP 503: busy".into()))
+                .await
+                .unwrap();
         }
         assert_eq!(
             deliveries, 3,
@@ -251,6 +259,11 @@ mod tests {
         let dead = queue.dead_letters();
         assert_eq!(dead.len(), 1);
         assert!(dead[0].1.contains("delivery limit"));
+        assert!(
+            dead[0].1.ends_with("last error: HTTP 503: busy"),
+            "{}",
+            dead[0].1
+        );
     }
 
     #[tokio::test]

@@ -153,7 +153,11 @@ async fn requeued_delivery_comes_back_flagged_redelivered() {
 
     let first = next(&mut s.consumer).await;
     assert!(!first.redelivered);
-    first.settler.settle(Disposition::Requeue).await.unwrap();
+    first
+        .settler
+        .settle(Disposition::Requeue("retry".into()))
+        .await
+        .unwrap();
     let second = next(&mut s.consumer).await;
     assert!(second.redelivered);
     assert_eq!(second.message_id, first.message_id);
@@ -216,7 +220,11 @@ async fn delivery_limit_dead_letters_a_message_requeued_too_often() {
     while let Some(Some(Ok(delivery))) = poll(&mut s.consumer, Duration::from_secs(1)).await {
         deliveries += 1;
         assert!(deliveries <= 10, "the delivery limit never took effect");
-        delivery.settler.settle(Disposition::Requeue).await.unwrap();
+        delivery
+            .settler
+            .settle(Disposition::Requeue("retry".into()))
+            .await
+            .unwrap();
     }
     // The broker returns a message `limit` times, then dead-letters it on the next return.
     assert_eq!(deliveries, limit + 1);

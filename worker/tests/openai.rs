@@ -837,7 +837,10 @@ async fn a_server_that_refuses_json_schema_gets_json_object_once_learned() {
         ..ServerConfig::default()
     })
     .await;
-    let (client, generator) = openai(llm_config(&server));
+    // One request in flight: the calls waiting for it are sent the learned format.
+    let mut config = llm_config(&server);
+    config.concurrency = 1;
+    let (client, generator) = openai(config);
     let generation = generator
         .generate(&two_sections())
         .await
@@ -845,10 +848,13 @@ async fn a_server_that_refuses_json_schema_gets_json_object_once_learned() {
     assert!(generation.report.accepted > 0, "{:?}", generation.report);
     assert_counts_add_up(&generation);
     let stats = server.stats();
-    assert!(
-        stats.formats_refused <= 2,
-        "json_schema refused at most once per concurrent first call, then remembered: {stats:?}"
+    assert_eq!(
+        stats.formats_refused, 1,
+        "json_schema refused once, then remembered, also by calls already waiting: {stats:?}"
     );
+    // The refusal is in the report, with its count.
+    assert_eq!(generation.report.server_errors.len(), 1);
+    assert_eq!(generation.report.server_errors.values().sum::<u64>(), 1);
     assert_eq!(
         stats.server_errors, 0,
         "the 500 was not retried as an outage"
@@ -1004,7 +1010,7 @@ async fn evidence_cited_by_sentence_id_is_stored_as_those_sentences_verbatim() {
 }
 
 #[tokio::test]
-async fn sentence_ids_that_do_not_exist_are_ungrounded() {
+async fn sentence_ids_resolve_tolerantly_and_evidence_citing_nothing_is_ungrounded() {
     let reply = |evidence: &str| {
         ScriptedReply::content(format!(
             r#"{{"items": [{{"question": "What must the responsible person submit under 21 U.S.C. 364a?", "answer": "The responsible person shall submit any report received of a serious adverse event.", "evidence": [{evidence}], "question_type": "obligation"}}]}}"#
@@ -1034,6 +1040,16 @@ async fn sentence_ids_that_do_not_exist_are_ungrounded() {
             "(b) Submission of reports"
         ]
     );
+
+    // An id past the last sentence cites nothing; the item stands on the others.
+    let server = spawn(ServerConfig {
+        scripted: vec![reply(r#""S2", "S9""#)],
+        ..ServerConfig::default()
+    })
+    .await;
+    let miscounted = run(&server, &one_section()).await;
+    assert_eq!(miscounted.items.len(), 1);
+    assert_eq!(miscounted.items[0].evidence.len(), 1);
 }
 
 #[tokio::test]
@@ -1184,7 +1200,11 @@ async fn adaptive_concurrency_finds_the_servers_capacity_from_one() {
     config.adaptive_concurrency = true;
     let client = Arc::new(LlmClient::new(config).unwrap());
     flood(&client, 64, 30).await;
-    assert!(client.concurrency_limit() <= 2, "{}", client.concurrency_limit());
+    assert!(
+        client.concurrency_limit() <= 2,
+        "{}",
+        client.concurrency_limit()
+    );
     assert!(one_slot.stats().peak_in_flight <= 2);
 }
 
@@ -1200,7 +1220,11 @@ async fn rate_limits_halve_the_adaptive_concurrency() {
     config.adaptive_concurrency = true;
     let client = Arc::new(LlmClient::new(config).unwrap());
     flood(&client, 16, 200).await;
-    assert_eq!(client.concurrency_limit(), 16, "an unlimited server gets the ceiling");
+    assert_eq!(
+        client.concurrency_limit(),
+        16,
+        "an unlimited server gets the ceiling"
+    );
     server.script([ScriptedReply::status(429, "Rate limit reached.")]);
     flood(&client, 1, 1).await;
     assert_eq!(client.concurrency_limit(), 8);

@@ -70,15 +70,15 @@ use crate::store::ObjectStore;
 
 /// Versions of the plan and the four templates, recorded in every row: with sentence grounding
 /// (the default) and with quotes.
-pub const PROMPT_VERSION: &str = "openai-ctx-1/plan-1/gen-4/judge-3/refine-1/tools-1";
-pub const QUOTES_PROMPT_VERSION: &str = "openai-ctx-1/plan-1/gen-3/judge-3/refine-1/tools-1";
+pub const PROMPT_VERSION: &str = "openai-ctx-1/plan-1/gen-4/judge-4/refine-1/tools-1";
+pub const QUOTES_PROMPT_VERSION: &str = "openai-ctx-1/plan-1/gen-3/judge-4/refine-1/tools-1";
 
 const CONTEXT_TEMPLATE: &str = include_str!("../../prompts/context.v1.md");
 /// The generation task with the target section's sentences numbered, cited by id.
 const GENERATE_TEMPLATE: &str = include_str!("../../prompts/generate.v4.md");
 /// The generation task asking for exact quotes ([`Grounding::Quotes`]).
 const GENERATE_QUOTES_TEMPLATE: &str = include_str!("../../prompts/generate.v3.md");
-const JUDGE_TEMPLATE: &str = include_str!("../../prompts/judge.v3.md");
+const JUDGE_TEMPLATE: &str = include_str!("../../prompts/judge.v4.md");
 const REFINE_TEMPLATE: &str = include_str!("../../prompts/refine.v1.md");
 
 /// `response_format` schema names; the test server recognises requests by them.
@@ -525,10 +525,12 @@ impl OpenAiGenerator {
         );
         request.temperature = Some(spec.generator.temperature);
         request.max_tokens = Some(max_tokens_for(plan.target));
+        let sentences = NumberedSentences::of(&section.text).len();
         request.response_format = Some(items_format(
             ITEMS_SCHEMA_NAME,
             false,
-            spec.generator.grounding,
+            plan.target as usize,
+            evidence_list(spec.generator.grounding, sentences),
         ));
         if offer_tools {
             request.tools = Lookups::tool_definitions();
@@ -571,7 +573,7 @@ impl OpenAiGenerator {
         );
         request.temperature = Some(0.0);
         request.max_tokens = Some(150 * pending.len() as u32 + 300);
-        request.response_format = Some(verdicts_format());
+        request.response_format = Some(verdicts_format(pending.len()));
         let count = pending.len();
         let verdicts = match self
             .ask(
@@ -663,7 +665,8 @@ impl OpenAiGenerator {
         request.response_format = Some(items_format(
             REVISIONS_SCHEMA_NAME,
             true,
-            spec.generator.grounding,
+            critiques.len(),
+            evidence_list(spec.generator.grounding, 0),
         ));
         let count = critiques.len();
         let revisions = match self
@@ -919,9 +922,10 @@ fn cap_items(
 }
 
 /// Resolve every evidence entry: sentence ids of the section (with sentence grounding) become
-/// those sentences, verbatim; anything else is a quote located in the section text, else in a
-/// looked-up text. No evidence, an entry that is neither, or no evidence from the section itself
-/// is `EvidenceNotInSource`.
+/// those sentences, verbatim (ids that do not exist, none); anything else is a quote located in
+/// the section text, else in a looked-up text; entries without a letter or digit (`...`) are left
+/// out. A quote found nowhere, or no evidence from the section itself, is
+/// `EvidenceNotInSource`: the judge then weighs whether what remains supports the answer.
 fn locate_all(target: &SectionTarget<'_>, entries: &[String]) -> Result<Vec<Quote>, RejectReason> {
     let section = target.section;
     let texts = std::iter::once((&section.node_id, &section.text))
@@ -933,7 +937,11 @@ fn locate_all(target: &SectionTarget<'_>, entries: &[String]) -> Result<Vec<Quot
         end,
     };
     let mut located = Vec::with_capacity(entries.len());
-    for entry in entries {
+    // A placeholder copied from the prompt's example (`...`, an empty string) cites nothing.
+    let citing = entries
+        .iter()
+        .filter(|entry| entry.chars().any(char::is_alphanumeric));
+    for entry in citing {
         if let Some(spans) = target.sentences.as_ref().and_then(|s| s.resolve(entry)) {
             located.extend(spans.into_iter().map(of_section));
             continue;
@@ -1189,27 +1197,60 @@ fn candidates_json_refs(pending: &[&Pending], critiques: &[&str]) -> String {
     serde_json::to_string_pretty(&list).expect("candidates serialize")
 }
 
-/// The items schema; revisions also carry the `index` of the candidate they revise.
-///
-/// No source text ever goes into a schema (a quote in an `enum` can break a server's grammar):
-/// sentence ids are described, not enumerated.
-fn items_format(name: &str, with_index: bool, grounding: Grounding) -> JsonSchemaFormat {
+/// Ids a schema enumerates at most; past it, entries are described instead.
+const MAX_ENUMERATED_IDS: usize = 256;
+
+/// The schema of a reply's evidence list. With sentence grounding a generation call gets the
+/// target section's ids as an `enum` and at least one entry, which a grammar-constrained server
+/// (llama.cpp) enforces and strict structured output honours: such a server's model cites the
+/// section only (looked-up texts inform its answers; `--grounding quotes` lets it quote them
+/// too). A revision (no numbered list in its prompt) and quote grounding describe the entries.
+/// Ids only: no source text ever goes into a schema (a quote in an `enum` can break a server's
+/// grammar).
+fn evidence_list(grounding: Grounding, sentences: usize) -> Value {
+    let entry = match grounding {
+        Grounding::Sentences if (1..=MAX_ENUMERATED_IDS).contains(&sentences) => {
+            let ids: Vec<String> = (1..=sentences).map(|i| format!("S{i}")).collect();
+            json!({"type": "string", "enum": ids})
+        }
+        Grounding::Sentences => json!({
+            "type": "string",
+            "description": "a sentence id of the target section (S1, S2, ...), or an exact quote of a looked-up text",
+        }),
+        Grounding::Quotes => json!({
+            "type": "string",
+            "description": "an exact quote of the target section or of a looked-up text",
+        }),
+    };
+    json!({"type": "array", "items": entry, "minItems": 1})
+}
+
+/// The items schema for at most `max_items` items, with `evidence` the schema of each item's
+/// evidence list; revisions also carry the `index` of the candidate they revise. The bound lets a
+/// grammar-constrained server stop where a small model would repeat items until `max_tokens`.
+fn items_format(
+    name: &str,
+    with_index: bool,
+    max_items: usize,
+    evidence: Value,
+) -> JsonSchemaFormat {
     let mut types: Vec<&str> = QuestionType::ALL.iter().map(|t| t.as_str()).collect();
     types.extend(EXTRA_TYPES);
-    let evidence = match grounding {
-        Grounding::Sentences => "a sentence id of the target section (S1, S2, ...), or an exact quote of a looked-up text",
-        Grounding::Quotes => "an exact quote of the target section or of a looked-up text",
-    };
-    let mut properties = json!({
-        "question": {"type": "string"},
-        "answer": {"type": "string"},
-        "evidence": {"type": "array", "items": {"type": "string", "description": evidence}},
-        "question_type": {"type": "string", "enum": types},
-    });
-    let mut required = vec!["question", "answer", "evidence", "question_type"];
+    // In the order a model should write them (a grammar follows the schema's order).
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
     if with_index {
-        properties["index"] = json!({"type": "integer"});
-        required.insert(0, "index");
+        properties.insert("index".into(), json!({"type": "integer"}));
+        required.push("index");
+    }
+    for (name, schema) in [
+        ("question", json!({"type": "string"})),
+        ("answer", json!({"type": "string"})),
+        ("evidence", evidence),
+        ("question_type", json!({"type": "string", "enum": types})),
+    ] {
+        properties.insert(name.into(), schema);
+        required.push(name);
     }
     JsonSchemaFormat {
         name: name.into(),
@@ -1225,6 +1266,7 @@ fn items_format(name: &str, with_index: bool, grounding: Grounding) -> JsonSchem
                         "required": required,
                         "additionalProperties": false,
                     },
+                    "maxItems": max_items,
                 },
             },
             "required": ["items"],
@@ -1233,18 +1275,30 @@ fn items_format(name: &str, with_index: bool, grounding: Grounding) -> JsonSchem
     }
 }
 
-fn verdicts_format() -> JsonSchemaFormat {
+/// The verdicts schema for `count` candidates: exactly `count` verdicts, indexes and scores
+/// enumerated where they can be, so that a grammar-constrained server can neither answer out of
+/// range nor repeat verdicts until `max_tokens` (as SmolLM2-135M does without the bound).
+fn verdicts_format(count: usize) -> JsonSchemaFormat {
     let mut properties = serde_json::Map::new();
-    properties.insert("index".into(), json!({"type": "integer"}));
+    let index = if (1..=MAX_ENUMERATED_IDS).contains(&count) {
+        json!({"type": "integer", "enum": (0..count).collect::<Vec<_>>()})
+    } else {
+        json!({"type": "integer"})
+    };
+    properties.insert("index".into(), index);
+    // The reason first: a model says what the section states before it scores.
+    properties.insert("reason".into(), json!({"type": "string"}));
     for criterion in CRITERIA {
-        properties.insert(criterion.into(), json!({"type": "integer"}));
+        properties.insert(
+            criterion.into(),
+            json!({"type": "integer", "enum": [1, 2, 3, 4, 5]}),
+        );
     }
     properties.insert(
         "verdict".into(),
         json!({"type": "string", "enum": ["accept", "reject"]}),
     );
     properties.insert("fixable".into(), json!({"type": "boolean"}));
-    properties.insert("reason".into(), json!({"type": "string"}));
     let required: Vec<&String> = properties.keys().collect();
     JsonSchemaFormat {
         name: VERDICTS_SCHEMA_NAME.into(),
@@ -1260,6 +1314,8 @@ fn verdicts_format() -> JsonSchemaFormat {
                         "required": required,
                         "additionalProperties": false,
                     },
+                    "minItems": count,
+                    "maxItems": count,
                 },
             },
             "required": ["verdicts"],
