@@ -38,6 +38,10 @@ struct Args {
     /// LLM requests each worker keeps in flight at most (PRINCIPIA_LLM_CONCURRENCY).
     #[arg(long, default_value_t = 2)]
     llm_concurrency: usize,
+    /// `fixed`: always --llm-concurrency requests in flight (as the recorded tables ran);
+    /// `adaptive`: learned from 1 (PRINCIPIA_LLM_CONCURRENCY_MODE).
+    #[arg(long, default_value = "fixed")]
+    llm_concurrency_mode: String,
     /// Requests the LLM server serves at once (its capacity).
     #[arg(long, default_value_t = 16)]
     server_capacity: usize,
@@ -116,6 +120,10 @@ fn main() -> anyhow::Result<()> {
         fleet.worker_env.insert(
             "PRINCIPIA_LLM_CONCURRENCY".into(),
             args.llm_concurrency.to_string(),
+        );
+        fleet.worker_env.insert(
+            "PRINCIPIA_LLM_CONCURRENCY_MODE".into(),
+            args.llm_concurrency_mode.clone(),
         );
         fleet.worker_env.insert("RUST_LOG".into(), "warn".into());
         fleet.start_coordinator();
