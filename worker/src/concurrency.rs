@@ -9,11 +9,14 @@
 //! and for a batching server, whose latency grows a little while its throughput grows a lot):
 //!
 //! - An **epoch** measures the current limit: it ends once `max(2 × limit, 4)` calls completed
-//!   since it began; its rate is those calls over its duration. It counts only when the client
-//!   was busy: most of its calls had to take the last free permit (otherwise the demand, not the
-//!   server, set the rate, and the limit stays).
-//! - **Growing**: a limit whose rate beats the best one so far by [`GAIN`] is kept and the limit
-//!   doubles (up to the ceiling); one that does not falls back to the best limit, which then
+//!   since it began; its rate is Little's law's, `limit / mean latency` of those calls (calls
+//!   completed over the epoch's duration would count a server's bursts of completions: a
+//!   four-slot server completes in fours, and an epoch's edges fall anywhere between them). It
+//!   counts only when the client was busy: most of its calls had to take the last free permit
+//!   (otherwise the demand, not the server, set the rate, and the limit stays). Only calls sent
+//!   in the epoch count: one sent under the limit before met another queue.
+//! - **Growing**: a limit whose rate beats the best one so far by a [`GAIN_SHARE`] of the
+//!   proportional gain is kept and the limit doubles (up to the ceiling); one that does not falls back to the best limit, which then
 //!   holds (**steady**). Every [`PROBE_EVERY`] steady epochs the limit probes a quarter higher.
 //! - **Overload** (a 429, a 503, a timeout) halves the limit at once, at most once an epoch, and
 //!   holds it.
@@ -23,12 +26,14 @@
 //! as they come back.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::Duration;
 
 use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
 
-/// Gain in throughput a higher limit must bring to be kept.
-pub const GAIN: f64 = 1.1;
+/// Share of its proportional gain a higher limit must bring to be kept: doubling the limit must
+/// raise throughput by a quarter, a quarter more by a sixteenth. Below it, the gain is within
+/// what a change of limit biases the measure by (calls sent just after it meet the old queue).
+pub const GAIN_SHARE: f64 = 0.25;
 /// Steady epochs between probes of a higher limit.
 pub const PROBE_EVERY: u32 = 8;
 /// Calls an epoch takes at least.
@@ -57,8 +62,11 @@ struct State {
 
 #[derive(Debug)]
 struct Epoch {
-    started: Instant,
+    /// Which epoch this is; a call carries the one it was sent in.
+    number: u64,
     completed: u32,
+    /// Summed latency of the completed calls.
+    latency: Duration,
     acquired: u32,
     /// Acquisitions that took the last free permit.
     saturated: u32,
@@ -67,10 +75,11 @@ struct Epoch {
 }
 
 impl Epoch {
-    fn new() -> Self {
+    fn after(number: u64) -> Self {
         Epoch {
-            started: Instant::now(),
+            number: number + 1,
             completed: 0,
+            latency: Duration::ZERO,
             acquired: 0,
             saturated: 0,
             decreased: false,
@@ -82,6 +91,14 @@ impl Epoch {
 pub struct Permit<'a> {
     permit: Option<SemaphorePermit<'a>>,
     limit: &'a AdaptiveLimit,
+    epoch: u64,
+}
+
+impl Permit<'_> {
+    /// The epoch the call was sent in, for [`AdaptiveLimit::on_success`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 impl Drop for Permit<'_> {
@@ -112,7 +129,7 @@ impl AdaptiveLimit {
                 growing: true,
                 best: None,
                 steady_epochs: 0,
-                epoch: Epoch::new(),
+                epoch: Epoch::after(0),
             }),
         }
     }
@@ -132,30 +149,41 @@ impl AdaptiveLimit {
         Ok(Permit {
             permit: Some(permit),
             limit: self,
+            epoch: state.epoch.number,
         })
     }
 
-    /// A call completed with a reply.
-    pub fn on_success(&self) {
+    /// A call sent in `epoch` ([`Permit::epoch`]) completed with a reply after `latency` (from
+    /// sending it to its reply).
+    pub fn on_success(&self, epoch: u64, latency: Duration) {
         if !self.adaptive {
             return;
         }
         let mut state = self.lock();
+        if epoch != state.epoch.number {
+            return;
+        }
         state.epoch.completed += 1;
+        state.epoch.latency += latency;
         let wanted = (2 * state.limit as u32).max(MIN_EPOCH_CALLS);
         if state.epoch.completed < wanted {
             return;
         }
         let busy = 2 * state.epoch.saturated >= state.epoch.acquired;
-        let seconds = state.epoch.started.elapsed().as_secs_f64().max(1e-6);
-        let rate = f64::from(state.epoch.completed) / seconds;
-        state.epoch = Epoch::new();
+        let mean = state.epoch.latency.as_secs_f64() / f64::from(state.epoch.completed);
+        let rate = state.limit as f64 / mean.max(1e-6);
+        state.epoch = Epoch::after(state.epoch.number);
         if !busy {
             return;
         }
         let next = if state.growing {
             match state.best {
-                Some((best_limit, best_rate)) if rate < best_rate * GAIN => {
+                Some((best_limit, best_rate))
+                    if rate
+                        < best_rate
+                            * (1.0
+                                + GAIN_SHARE * (state.limit as f64 / best_limit as f64 - 1.0)) =>
+                {
                     state.growing = false;
                     state.steady_epochs = 0;
                     best_limit
@@ -194,7 +222,7 @@ impl AdaptiveLimit {
         state.growing = false;
         state.best = None;
         state.steady_epochs = 0;
-        state.epoch = Epoch::new();
+        state.epoch = Epoch::after(state.epoch.number);
         state.epoch.decreased = true;
         self.set(&mut state, next);
     }
@@ -228,7 +256,7 @@ mod tests {
     use super::*;
 
     /// Complete one epoch at the current limit with the client busy (every permit taken again as
-    /// soon as it comes back), at `rate` calls a second (simulated by backdating the epoch).
+    /// soon as it comes back), at `rate` calls a second (each call taking `limit / rate`).
     async fn busy_epoch(limit: &AdaptiveLimit, rate: f64) {
         let n = limit.current();
         let calls = (2 * n as u32).max(MIN_EPOCH_CALLS);
@@ -236,18 +264,15 @@ mod tests {
         for _ in 0..n {
             out.push_back(limit.acquire().await.unwrap());
         }
+        let epoch = out[0].epoch();
         for _ in 0..calls {
             out.pop_front();
             out.push_back(limit.acquire().await.unwrap());
         }
         drop(out);
-        {
-            let mut state = limit.lock();
-            let seconds = f64::from(calls) / rate;
-            state.epoch.started = Instant::now() - std::time::Duration::from_secs_f64(seconds);
-        }
+        let latency = Duration::from_secs_f64(n as f64 / rate);
         for _ in 0..calls {
-            limit.on_success();
+            limit.on_success(epoch, latency);
         }
     }
 
@@ -311,8 +336,9 @@ mod tests {
         assert_eq!(limit_of_two.current(), 2);
         for _ in 0..4 {
             let permit = limit_of_two.acquire().await.unwrap();
+            let epoch = permit.epoch();
             drop(permit);
-            limit_of_two.on_success();
+            limit_of_two.on_success(epoch, Duration::from_millis(100));
         }
         assert_eq!(limit_of_two.current(), 2);
 
@@ -320,7 +346,7 @@ mod tests {
         assert_eq!(fixed.current(), 8);
         fixed.on_overload();
         for _ in 0..100 {
-            fixed.on_success();
+            fixed.on_success(1, Duration::from_millis(100));
         }
         assert_eq!(fixed.current(), 8);
     }

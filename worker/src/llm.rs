@@ -663,7 +663,7 @@ impl LlmClient {
             bump(&self.metrics.attempts, 1);
             self.wait_for_rate_limit(&body, &request).await;
             let outcome = {
-                let _permit = self
+                let permit = self
                     .limit
                     .acquire()
                     .await
@@ -676,10 +676,13 @@ impl LlmClient {
                     body = request.body(shape);
                     cache_key = self.cache.as_ref().map(|_| ResponseCache::key(&body));
                 }
-                self.attempt(&request, &body).await
+                let sent = Instant::now();
+                let outcome = self.attempt(&request, &body).await;
+                (outcome, permit.epoch(), sent.elapsed())
             };
+            let (outcome, epoch, latency) = outcome;
             match &outcome {
-                Attempt::Done(_) => self.limit.on_success(),
+                Attempt::Done(_) => self.limit.on_success(epoch, latency),
                 Attempt::Retry { reason, .. } if signals_overload(reason) => {
                     self.limit.on_overload();
                 }

@@ -1205,7 +1205,11 @@ async fn adaptive_concurrency_finds_the_servers_capacity_from_one() {
         "{}",
         client.concurrency_limit()
     );
-    assert!(one_slot.stats().peak_in_flight <= 2);
+    assert!(
+        one_slot.stats().peak_in_flight <= 2,
+        "{:?}",
+        one_slot.stats()
+    );
 }
 
 #[tokio::test]
