@@ -1234,3 +1234,27 @@ async fn rate_limits_halve_the_adaptive_concurrency() {
     assert_eq!(client.concurrency_limit(), 8);
     assert_eq!(server.stats().scripted, 1);
 }
+
+#[tokio::test]
+async fn a_reply_cut_off_at_the_length_limit_is_asked_again_with_twice_the_budget() {
+    // Cut off, though what arrived happens to parse: it is not taken.
+    let complete_but_cut = r#"{"items": [{"question": "What must the responsible person submit under 21 U.S.C. 364a?", "answer": "The responsible person shall submit to the Secretary any report received of a serious adverse event.", "evidence": ["S2"], "question_type": "obligation"}]}"#;
+    let server = spawn(ServerConfig {
+        scripted: vec![ScriptedReply::truncated(complete_but_cut)],
+        record_requests: true,
+        ..ServerConfig::default()
+    })
+    .await;
+    let generation = run(&server, &one_section()).await;
+    assert_counts_add_up(&generation);
+    assert_eq!(rejected(&generation, RejectReason::TruncatedReply), 0);
+    assert!(!generation.items.is_empty());
+    let budgets: Vec<u64> = server
+        .recorded()
+        .iter()
+        .filter(|r| r.kind == RequestKind::Generate)
+        .map(|r| r.body["max_tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(budgets.len(), 2, "{budgets:?}");
+    assert_eq!(budgets[1], 2 * budgets[0]);
+}

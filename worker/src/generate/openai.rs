@@ -15,7 +15,8 @@
 //!    question_type}]}`, asking for `min..=max` items. With [`Grounding::Quotes`] the task asks
 //!    for verbatim quotes instead of ids.
 //! 2. **Validation.** An unusable reply is retried up to [`REPAIR_ATTEMPTS`] times with the
-//!    problem appended to the conversation; if it stays unusable the section counts one
+//!    problem appended to the conversation (a reply cut off at the length limit, even one that
+//!    parses, is asked again with twice the completion budget); if it stays unusable the section counts one
 //!    candidate rejected as [`RejectReason::EmptyReply`], [`RejectReason::TruncatedReply`]
 //!    (`finish_reason = length`) or [`RejectReason::MalformedReply`] — never a null row.
 //! 3. **Deterministic checks** per item: every evidence entry resolved — a sentence id becomes
@@ -117,12 +118,15 @@ pub fn prompt_version(grounding: Grounding) -> &'static str {
     }
 }
 
+/// Completion tokens any call may ask for at most.
+const MAX_COMPLETION_TOKENS: u32 = 16_384;
+
 /// Completion tokens for a reply of `items` items.
 fn max_tokens_for(items: u32) -> u32 {
     items
         .saturating_mul(MAX_TOKENS_PER_ITEM)
         .saturating_add(MAX_TOKENS_ENVELOPE)
-        .min(16_384)
+        .min(MAX_COMPLETION_TOKENS)
 }
 
 /// Loaded lookup indexes kept at most (one per job and tree version in progress).
@@ -733,7 +737,18 @@ impl OpenAiGenerator {
                 session.answer(&mut request, reply.content, reply.tool_calls);
                 continue;
             }
-            let (reason, problem) = if reply.content.trim().is_empty() {
+            // A reply cut off at the length limit is never taken, even where what arrived
+            // parses: it is asked again with twice the completion budget.
+            let (reason, problem) = if reply.truncated() {
+                request.max_tokens = request
+                    .max_tokens
+                    .map(|max| max.saturating_mul(2).min(MAX_COMPLETION_TOKENS));
+                (
+                    RejectReason::TruncatedReply,
+                    "Your reply was cut off at the length limit. Reply again, complete, with short items."
+                        .to_string(),
+                )
+            } else if reply.content.trim().is_empty() {
                 (
                     RejectReason::EmptyReply,
                     "Your reply was empty.".to_string(),
@@ -741,11 +756,6 @@ impl OpenAiGenerator {
             } else {
                 match parse(&reply.content) {
                     Ok(value) => return Ok(Ok(value)),
-                    Err(_) if reply.truncated() => (
-                        RejectReason::TruncatedReply,
-                        "Your reply was cut off at the length limit. Reply again with fewer and shorter items."
-                            .to_string(),
-                    ),
                     Err(error) => (
                         RejectReason::MalformedReply,
                         format!("Your reply is not valid: {error}."),
