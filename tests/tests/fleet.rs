@@ -231,6 +231,32 @@ async fn a_shard_no_worker_can_process_is_dead_lettered_and_the_job_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_shard_that_keeps_failing_is_dead_lettered_with_its_last_error() {
+    // The LLM server answers every request with 500, and workers do not retry within a shard:
+    // the shard is requeued until the broker's delivery limit dead-letters it.
+    let llm = spawn(ServerConfig {
+        fail_first_500: u32::MAX,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut fleet = Fleet::new("last-error");
+    fleet.use_llm(&llm.url, "test-model");
+    fleet
+        .worker_env
+        .insert("PRINCIPIA_LLM_MAX_RETRIES".into(), "0".into());
+    fleet.start_coordinator();
+    fleet.start_worker(1);
+    let job = submit_openai(&fleet, &["--shard-tokens", "100000"]);
+    let status = fleet.wait_finished(&job, Duration::from_secs(120));
+    assert_eq!(status["status"], "failed", "{status:#}");
+    let message = status["status_message"].as_str().unwrap();
+    assert!(message.contains("dead-lettered by the broker"), "{message}");
+    assert!(message.contains("last error"), "{message}");
+    assert!(message.contains("HTTP 500"), "{message}");
+    tear_down(fleet, llm).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rate_limits_and_server_errors_from_the_llm_are_retried_through() {
     let dir = tempfile::tempdir().unwrap();
     let llm = spawn(ServerConfig {

@@ -13,7 +13,7 @@ use worker::pool::EventSink;
 use worker::process::JobGate;
 use worker::store::ObjectStore;
 
-use super::records::failed_key;
+use super::records::{failed_key, retried_key};
 
 /// Counters a worker adds to while a job runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -147,6 +147,20 @@ impl EventSink for FleetEvents {
                     .await
                 {
                     tracing::warn!(%store_error, %job_id, %shard_id, "recording the shard failure failed");
+                }
+            }
+            ShardEvent::Failed {
+                job_id: Some(job_id),
+                shard_id: Some(shard_id),
+                requeued: true,
+                error,
+            } => {
+                let record = serde_json::json!({ "shard_id": shard_id, "reason": error });
+                let key = retried_key(&job_id, &shard_id);
+                if let Err(store_error) =
+                    self.store.put(&key, Bytes::from(record.to_string())).await
+                {
+                    tracing::warn!(%store_error, %job_id, %shard_id, "recording the shard's last failure failed");
                 }
             }
             ShardEvent::Failed { .. }

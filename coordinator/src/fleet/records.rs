@@ -64,6 +64,12 @@ pub fn failed_key(job_id: &str, shard_id: &str) -> String {
     format!("jobs/{job_id}/failed/{shard_id}.json")
 }
 
+/// The last failure of a shard that was handed back to the queue: the reason a dead letter gives
+/// when the broker's delivery limit ends it (the broker itself knows none).
+pub fn retried_key(job_id: &str, shard_id: &str) -> String {
+    format!("jobs/{job_id}/retried/{shard_id}.json")
+}
+
 pub fn report_key(id: &str) -> String {
     format!("jobs/{id}/report.json")
 }

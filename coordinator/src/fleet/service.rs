@@ -1223,7 +1223,18 @@ impl Coordinator {
         if worker::store::validate_key(&failed_key(job_id, shard_id)).is_err() {
             return Ok(());
         }
-        let record = serde_json::json!({ "shard_id": shard_id, "reason": format!("dead-lettered by the broker: {reason}") });
+        // The broker knows only why it gave up (the delivery limit); the worker recorded why the
+        // shard kept failing.
+        let last_error = match self.store.get(&retried_key(job_id, shard_id)).await {
+            Ok(Some(bytes)) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(|r| format!("; last error: {r}"))),
+            _ => None,
+        };
+        let record = serde_json::json!({
+            "shard_id": shard_id,
+            "reason": format!("dead-lettered by the broker: {reason}{}", last_error.unwrap_or_default()),
+        });
         self.store
             .put_if_absent(
                 &failed_key(job_id, shard_id),
