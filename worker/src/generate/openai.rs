@@ -1492,33 +1492,20 @@ mod tests {
             let values: Vec<(&str, &str)> = keys.iter().map(|k| (*k, "X")).collect();
             render(t, &values)
         };
+        let task = [
+            "min_items",
+            "target_items",
+            "section_number",
+            "citation",
+            "section_path",
+            "plan",
+            "lookups",
+        ];
+        let with_sentences: Vec<&str> = task.iter().copied().chain(["sentences"]).collect();
         for (template, keys) in [
             (CONTEXT_TEMPLATE, &["sections", "instructions"][..]),
-            (
-                GENERATE_TEMPLATE,
-                &[
-                    "sentences",
-                    "min_items",
-                    "target_items",
-                    "section_number",
-                    "citation",
-                    "section_path",
-                    "plan",
-                    "lookups",
-                ][..],
-            ),
-            (
-                GENERATE_QUOTES_TEMPLATE,
-                &[
-                    "min_items",
-                    "target_items",
-                    "section_number",
-                    "citation",
-                    "section_path",
-                    "plan",
-                    "lookups",
-                ][..],
-            ),
+            (GENERATE_TEMPLATE, &with_sentences[..]),
+            (GENERATE_QUOTES_TEMPLATE, &task[..]),
             (
                 JUDGE_TEMPLATE,
                 &["section_number", "citation", "lookups", "candidates"][..],
