@@ -8,6 +8,10 @@
 //! signal that holds both for a one-slot server, whose latency grows with every request queued,
 //! and for a batching server, whose latency grows a little while its throughput grows a lot):
 //!
+//! - **Slow start**: while a round's mean latency stays within [`INFLATION`] of the lowest of any
+//!   call (requests do not queue yet), the limit doubles after every `max(limit, 2)` calls, about a
+//!   round trip each. The first round whose latency inflates ends it; the rounds after that
+//!   compare throughput.
 //! - An **epoch** measures the current limit: it ends once `max(2 × limit, 4)` calls completed
 //!   since it began; its rate is Little's law's, `limit / mean latency` of those calls (calls
 //!   completed over the epoch's duration would count a server's bursts of completions: a
@@ -38,6 +42,8 @@ pub const GAIN_SHARE: f64 = 0.25;
 pub const PROBE_EVERY: u32 = 8;
 /// Calls an epoch takes at least.
 const MIN_EPOCH_CALLS: u32 = 4;
+/// Mean latency over the lowest seen up to which a round counts as uncongested (slow start).
+pub const INFLATION: f64 = 1.25;
 
 /// The in-flight limit of one client; see the module docs.
 #[derive(Debug)]
@@ -54,6 +60,10 @@ struct State {
     /// Permits to retire as they come back (the limit was lowered while they were out).
     debt: usize,
     growing: bool,
+    /// Doubling every round while latency does not inflate; see the module docs.
+    slow_start: bool,
+    /// The lowest latency of a call, in seconds: the server's time without a queue.
+    lowest_latency: Option<f64>,
     /// The best limit measured while growing, and its rate (calls per second).
     best: Option<(usize, f64)>,
     steady_epochs: u32,
@@ -72,6 +82,17 @@ struct Epoch {
     saturated: u32,
     /// Whether the limit was already halved in this epoch.
     decreased: bool,
+}
+
+impl State {
+    /// Calls a round at the current limit takes.
+    fn epoch_calls(&self) -> u32 {
+        if self.slow_start {
+            (self.limit as u32).max(2)
+        } else {
+            (2 * self.limit as u32).max(MIN_EPOCH_CALLS)
+        }
+    }
 }
 
 impl Epoch {
@@ -127,6 +148,8 @@ impl AdaptiveLimit {
                 limit,
                 debt: 0,
                 growing: true,
+                slow_start: true,
+                lowest_latency: None,
                 best: None,
                 steady_epochs: 0,
                 epoch: Epoch::after(0),
@@ -165,8 +188,9 @@ impl AdaptiveLimit {
         }
         state.epoch.completed += 1;
         state.epoch.latency += latency;
-        let wanted = (2 * state.limit as u32).max(MIN_EPOCH_CALLS);
-        if state.epoch.completed < wanted {
+        let seconds = latency.as_secs_f64();
+        state.lowest_latency = Some(state.lowest_latency.map_or(seconds, |low| low.min(seconds)));
+        if state.epoch.completed < state.epoch_calls() {
             return;
         }
         let busy = 2 * state.epoch.saturated >= state.epoch.acquired;
@@ -176,7 +200,23 @@ impl AdaptiveLimit {
         if !busy {
             return;
         }
-        let next = if state.growing {
+        let uncongested = state
+            .lowest_latency
+            .is_none_or(|low| mean <= low * INFLATION);
+        let next = if state.growing && state.slow_start {
+            if !uncongested {
+                // Queueing has begun: this limit is measured again over a full round (a short
+                // round just after a change of limit meets less queue than the next ones).
+                state.slow_start = false;
+                return;
+            }
+            state.best = Some((state.limit, rate));
+            if state.limit >= self.ceiling {
+                state.growing = false;
+                state.slow_start = false;
+            }
+            (state.limit * 2).min(self.ceiling)
+        } else if state.growing {
             match state.best {
                 Some((best_limit, best_rate))
                     if rate
@@ -220,6 +260,7 @@ impl AdaptiveLimit {
         }
         let next = (state.limit / 2).max(1);
         state.growing = false;
+        state.slow_start = false;
         state.best = None;
         state.steady_epochs = 0;
         state.epoch = Epoch::after(state.epoch.number);
@@ -259,7 +300,7 @@ mod tests {
     /// soon as it comes back), at `rate` calls a second (each call taking `limit / rate`).
     async fn busy_epoch(limit: &AdaptiveLimit, rate: f64) {
         let n = limit.current();
-        let calls = (2 * n as u32).max(MIN_EPOCH_CALLS);
+        let calls = limit.lock().epoch_calls();
         let mut out = std::collections::VecDeque::new();
         for _ in 0..n {
             out.push_back(limit.acquire().await.unwrap());
@@ -280,12 +321,16 @@ mod tests {
     async fn the_limit_doubles_while_throughput_follows_and_settles_on_the_best() {
         let limit = AdaptiveLimit::new(64, true);
         assert_eq!(limit.current(), 1);
-        // A server with 4 slots: throughput grows up to 4 in flight, then stays.
+        // A server with 4 slots: throughput grows up to 4 in flight, then stays. Slow start
+        // doubles while latency does not inflate.
         for expected in [2, 4, 8] {
             let rate = limit.current().min(4) as f64 * 5.0;
             busy_epoch(&limit, rate).await;
             assert_eq!(limit.current(), expected);
         }
+        // At 8 requests queue: slow start ends, and 8 is measured again over a full round.
+        busy_epoch(&limit, 20.0).await;
+        assert_eq!(limit.current(), 8);
         busy_epoch(&limit, 20.0).await;
         assert_eq!(limit.current(), 4, "no gain at 8: back to the best");
         assert_eq!(limit.semaphore.available_permits(), 4);
@@ -303,6 +348,9 @@ mod tests {
     #[tokio::test]
     async fn a_one_slot_server_stays_at_one() {
         let limit = AdaptiveLimit::new(64, true);
+        busy_epoch(&limit, 0.1).await;
+        assert_eq!(limit.current(), 2);
+        // Twice the latency: queueing; measured again, no gain: back to 1.
         busy_epoch(&limit, 0.1).await;
         assert_eq!(limit.current(), 2);
         busy_epoch(&limit, 0.1).await;
