@@ -281,6 +281,26 @@ async fn rate_limits_and_server_errors_from_the_llm_are_retried_through() {
             .all(|r| r.model.as_deref() == Some("test-model"))
     );
     assert!(llm.requests() > 5, "the failed requests were retried");
+    // The job's status names the server and the errors got past, with their counts.
+    let found = &status["principia"];
+    assert_eq!(
+        found["llm_server"]["endpoint"],
+        llm.url.as_str(),
+        "{status:#}"
+    );
+    assert_eq!(found["llm_server"]["structured_output"], "json_schema");
+    assert_eq!(found["model"], "test-model");
+    let count = |needle: &str| {
+        found["server_errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["message"].as_str().unwrap().contains(needle))
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(count("HTTP 429"), 3, "{status:#}");
+    assert_eq!(count("HTTP 500"), 2, "{status:#}");
     tear_down(fleet, llm).await;
 }
 

@@ -161,6 +161,14 @@ pub struct JobRecord {
     pub rejected: u64,
     #[serde(default)]
     pub tokens: u64,
+    /// The model that generated, the LLM server as the workers found it, and the errors it
+    /// answered on the way, from the report once the job completed.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub llm_server: Option<proto::report::LlmServer>,
+    #[serde(default)]
+    pub server_errors: Vec<crate::report::ServerError>,
     /// Id of the dataset file (purpose `fine-tune`) once the job completed.
     #[serde(default)]
     pub output_file: Option<FileRecord>,

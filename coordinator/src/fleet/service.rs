@@ -545,6 +545,9 @@ impl Coordinator {
             accepted: 0,
             rejected: 0,
             tokens: 0,
+            model: None,
+            llm_server: None,
+            server_errors: Vec::new(),
             output_file: None,
             tree_version: 1,
             generated_version: 1,
@@ -1169,6 +1172,9 @@ impl Coordinator {
         job.accepted = report.items.accepted;
         job.rejected = report.items.rejected;
         job.tokens = report.tokens.total();
+        job.model = report.model.clone();
+        job.llm_server = report.llm_server.clone();
+        job.server_errors = report.server_errors.clone();
         job.status_message = Some(format!(
             "{} items; coverage {}/{} sections",
             report.items.accepted, report.coverage.covered, report.coverage.total

@@ -140,6 +140,15 @@ pub struct AlignmentOutput {
 pub struct JobCounters {
     pub generator: String,
     pub model: Option<String>,
+    /// The LLM server as the workers found it (endpoint, structured output, tools, requests in
+    /// flight), once the job completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub llm_server: Option<proto::report::LlmServer>,
+    /// The most frequent errors the LLM server answered on the way (`message`, `count`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub server_errors: Vec<crate::report::ServerError>,
     pub shards_total: u64,
     pub shards_done: u64,
     pub shards_failed: u64,
@@ -208,7 +217,14 @@ impl From<&JobRecord> for AlignmentResponse {
                 .collect(),
             principia: JobCounters {
                 generator: job.spec.generator.kind.as_str().into(),
-                model: job.spec.generator.model.clone(),
+                model: job
+                    .spec
+                    .generator
+                    .model
+                    .clone()
+                    .or_else(|| job.model.clone()),
+                llm_server: job.llm_server.clone(),
+                server_errors: job.server_errors.clone(),
                 shards_total: job.shards_total,
                 shards_done: job.shards_done,
                 shards_failed: job.shards_failed,
