@@ -98,7 +98,9 @@ pub struct LlmServer {
     pub endpoint: String,
     /// How replies' JSON was asked for: `json_schema`, `json_object` or `prompt`.
     pub structured_output: String,
-    /// Whether generation calls still offered tools (false once refused or ignored, or when off).
+    /// Whether generation calls still offered tools: false once the server refused them, or when
+    /// they are off. A server that accepts tools and never calls them (llama-cpp-python) is not
+    /// told apart; the section's lookups are in its prompts either way.
     pub tools: bool,
     /// Requests the worker kept in flight at most by the end of the shard (learned from the
     /// server unless fixed).
