@@ -1,5 +1,5 @@
-//! The extractive generator on US Code Title 21, read and planned as a job reads it (skipped with a
-//! message when `../shared/corpora` is absent; `PRINCIPIA_CORPORA` overrides the location): no
+//! The extractive generator on US Code Title 21, read and planned as a job reads it (fails when
+//! `../shared/corpora` is absent; `PRINCIPIA_CORPORA` overrides the location): no
 //! answer or quote ends on a list lead-in followed by a bare sub-heading, and no quote is a bare
 //! heading. Headings are known from the XML itself (each section's `<heading>` elements), not
 //! guessed from the text.
@@ -26,18 +26,18 @@ const REPORTED: [&str; 7] = [
     "21 U.S.C. 343",
 ];
 
-fn title_21() -> Option<PathBuf> {
+fn title_21() -> PathBuf {
     let dir = std::env::var_os("PRINCIPIA_CORPORA").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora"),
         PathBuf::from,
     );
     let path = dir.join("us-code-title21/usc21.xml");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} not found", path.display());
-        None
-    }
+    assert!(
+        path.is_file(),
+        "this test reads {}: not found (set PRINCIPIA_CORPORA)",
+        path.display()
+    );
+    path
 }
 
 fn collapse(text: &str) -> String {
@@ -182,7 +182,7 @@ fn title_21_items(path: &Path) -> Vec<(String, GeneratedItem)> {
 
 #[test]
 fn title_21_answers_and_quotes_never_end_on_a_lead_in_and_a_bare_heading() {
-    let Some(path) = title_21() else { return };
+    let path = title_21();
     let sections = sections(&std::fs::read_to_string(&path).expect("read usc21.xml"));
     assert!(sections["21 U.S.C. 343"].headings.contains("Package form"));
     assert!(sections["21 U.S.C. 379h"].headings.contains("In general"));

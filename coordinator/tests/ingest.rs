@@ -1,6 +1,6 @@
-//! Integration tests of the document readers: the real corpora in `../shared/corpora` (skipped
-//! with a message when absent; `PRINCIPIA_CORPORA` overrides the location) and every kind of bad
-//! input, written to temporary files.
+//! Integration tests of the document readers: the real corpora in `../shared/corpora` (a test
+//! that reads them fails when they are absent; `PRINCIPIA_CORPORA` overrides the location) and
+//! every kind of bad input, written to temporary files.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,21 +13,29 @@ use coordinator::lookup::build_lookup_index;
 use proto::lookup::citation_key;
 use proto::{NodeStatus, PrincipleNode, PrincipleTree};
 
-/// The corpora directory, or `None` (with a message) when it is not there.
-fn corpora() -> Option<PathBuf> {
+/// The corpora directory; a test that reads it fails when it is not there.
+fn corpora() -> PathBuf {
     let dir = std::env::var_os("PRINCIPIA_CORPORA").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora"),
         PathBuf::from,
     );
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: ../shared/corpora not found (looked in {})",
-            dir.display()
-        );
-        None
-    }
+    assert!(
+        dir.is_dir(),
+        "these tests read the shared corpora: {} is not a directory (set PRINCIPIA_CORPORA)",
+        dir.display()
+    );
+    dir
+}
+
+/// The federal source code policy's pages, in name order.
+fn policy_pages() -> Vec<PathBuf> {
+    let dir = corpora().join("federal-source-code-policy");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    paths.sort();
+    paths
 }
 
 fn read(path: &Path) -> Ingested {
@@ -95,7 +103,7 @@ fn error_of(name: &str, content: impl AsRef<[u8]>, format: Option<Format>) -> St
 
 #[test]
 fn ecfr_titles_have_the_counts_of_the_corpora_readme() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     // (file, chapters, subchapters, parts, subparts, sections, appendices)
     let expected = [
         ("title-1.xml", 6, 5, 36, 23, 292, 0),
@@ -128,7 +136,7 @@ fn ecfr_titles_have_the_counts_of_the_corpora_readme() {
 
 #[test]
 fn ecfr_citations_content_and_reserved_sections() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     let tree = read(&corpora.join("cfr-format-dev/title-1.xml")).tree;
     assert_eq!(tree.root.citation, "1 CFR");
     assert_eq!(by_citation(&tree, "1 CFR part 1").kind, "part");
@@ -177,7 +185,7 @@ fn ecfr_citations_content_and_reserved_sections() {
 
 #[test]
 fn us_code_title_21_has_the_counts_of_the_corpora_readme() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     let path = corpora.join("us-code-title21/usc21.xml");
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(detect_format(&path, &bytes).unwrap(), Format::Uslm);
@@ -208,7 +216,7 @@ fn us_code_title_21_has_the_counts_of_the_corpora_readme() {
 
 #[test]
 fn us_code_sections_are_cited_and_flattened() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     let tree = read(&corpora.join("us-code-title21/usc21.xml")).tree;
 
     let cosmetics = by_citation(&tree, "21 U.S.C. ch. 9, subch. VI");
@@ -256,13 +264,7 @@ fn us_code_sections_are_cited_and_flattened() {
 
 #[test]
 fn federal_source_code_policy_pages_make_one_collection() {
-    let Some(corpora) = corpora() else { return };
-    let dir = corpora.join("federal-source-code-policy");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    paths.sort();
+    let paths = policy_pages();
     assert_eq!(paths.len(), 9);
 
     let ingested = read_files(&paths, None).unwrap();
@@ -324,13 +326,7 @@ fn federal_source_code_policy_pages_make_one_collection() {
 /// no markup reaches a section, and so no markup reaches evidence quotes.
 #[test]
 fn federal_source_code_policy_sections_hold_no_html() {
-    let Some(corpora) = corpora() else { return };
-    let dir = corpora.join("federal-source-code-policy");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    paths.sort();
+    let paths = policy_pages();
     let tree = read_files(&paths, None).unwrap().tree;
     let mut footnotes = 0;
     for node in tree.nodes() {
@@ -364,7 +360,7 @@ fn federal_source_code_policy_sections_hold_no_html() {
 
 #[test]
 fn contributor_covenant_nests_by_heading_level() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     let ingested = read(&corpora.join("contributor-covenant/code_of_conduct.md"));
     let tree = &ingested.tree;
     assert!(ingested.warnings.is_empty(), "{:?}", ingested.warnings);
@@ -409,7 +405,7 @@ fn contributor_covenant_nests_by_heading_level() {
 
 #[test]
 fn markdown_round_trips_through_seekr_json() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     let mut documents = vec![corpora.join("contributor-covenant/code_of_conduct.md")];
     documents.push(corpora.join("federal-source-code-policy/introduction.md"));
     let (_dir, tables) = temp_file(
@@ -460,7 +456,7 @@ fn seekr_json_has_exactly_four_keys_and_string_levels() {
 
 #[test]
 fn ids_are_stable_across_reads() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     for path in [
         corpora.join("contributor-covenant/code_of_conduct.md"),
         corpora.join("cfr-format-dev/title-3.xml"),
@@ -476,7 +472,7 @@ fn ids_are_stable_across_reads() {
 
 #[test]
 fn mixed_formats_join_one_collection() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     let paths = [
         corpora.join("contributor-covenant/code_of_conduct.md"),
         corpora.join("cfr-format-dev/title-3.xml"),
@@ -1565,7 +1561,7 @@ fn damaged_copies_of_good_pdf_and_docx_files_never_panic() {
 
 #[test]
 fn cfr_cross_references_resolve_to_the_section_they_name() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     let tree = read(&corpora.join("cfr-format-dev/title-1.xml")).tree;
     let index = build_lookup_index(&tree);
     let mut resolved = 0;
@@ -1591,7 +1587,7 @@ fn cfr_cross_references_resolve_to_the_section_they_name() {
 
 #[test]
 fn us_code_references_and_definitions_resolve() {
-    let Some(corpora) = corpora() else { return };
+    let corpora = corpora();
     let tree = read(&corpora.join("us-code-title21/usc21.xml")).tree;
     let index = build_lookup_index(&tree);
     let maps = index.maps();

@@ -20,11 +20,10 @@ const TOTAL_TOLERANCE: f64 = 0.15;
 
 fn inputs() -> Vec<PathBuf> {
     let mut inputs = vec![principia::workspace_root().join("examples/harbor-lending-policy.md")];
-    // A real policy excerpt when the shared corpora are present.
-    if let Some(corpora) = principia::corpora() {
-        for page in ["objectives.md", "scope.md", "reuse.md"] {
-            inputs.push(corpora.join("federal-source-code-policy").join(page));
-        }
+    // A real policy excerpt.
+    let corpora = principia::corpora().expect("the estimate test reads ../shared/corpora");
+    for page in ["objectives.md", "scope.md", "reuse.md"] {
+        inputs.push(corpora.join("federal-source-code-policy").join(page));
     }
     inputs
 }
