@@ -133,34 +133,29 @@ impl EventSink for FleetEvents {
                     tracing::warn!(%error, %job_id, "updating live progress in Redis failed");
                 }
             }
+            // A final failure is recorded once (the first reason stands); a requeued one
+            // overwrites the shard's last error, which a dead letter reports.
             ShardEvent::Failed {
                 job_id: Some(job_id),
                 shard_id: Some(shard_id),
-                requeued: false,
+                requeued,
                 error,
             } => {
-                let record = serde_json::json!({ "shard_id": shard_id, "reason": error });
-                let key = failed_key(&job_id, &shard_id);
-                if let Err(store_error) = self
-                    .store
-                    .put_if_absent(&key, Bytes::from(record.to_string()))
-                    .await
-                {
-                    tracing::warn!(%store_error, %job_id, %shard_id, "recording the shard failure failed");
-                }
-            }
-            ShardEvent::Failed {
-                job_id: Some(job_id),
-                shard_id: Some(shard_id),
-                requeued: true,
-                error,
-            } => {
-                let record = serde_json::json!({ "shard_id": shard_id, "reason": error });
-                let key = retried_key(&job_id, &shard_id);
-                if let Err(store_error) =
-                    self.store.put(&key, Bytes::from(record.to_string())).await
-                {
-                    tracing::warn!(%store_error, %job_id, %shard_id, "recording the shard's last failure failed");
+                let record = Bytes::from(
+                    serde_json::json!({ "shard_id": shard_id, "reason": error }).to_string(),
+                );
+                let result = if requeued {
+                    self.store
+                        .put(&retried_key(&job_id, &shard_id), record)
+                        .await
+                } else {
+                    self.store
+                        .put_if_absent(&failed_key(&job_id, &shard_id), record)
+                        .await
+                        .map(|_| ())
+                };
+                if let Err(store_error) = result {
+                    tracing::warn!(%store_error, %job_id, %shard_id, requeued, "recording the shard failure failed");
                 }
             }
             ShardEvent::Failed { .. }
