@@ -427,7 +427,7 @@ pub struct ChatResponse {
     /// Whether the reply came from the response cache (no request was sent).
     pub cached: bool,
     /// Why earlier attempts of this call failed (retried errors and refused formats), one line
-    /// each, in order.
+    /// each of at most [`MAX_FAILED_ATTEMPT_BYTES`], in order.
     pub failed_attempts: Vec<String>,
 }
 
@@ -662,7 +662,7 @@ impl LlmClient {
             attempts += 1;
             bump(&self.metrics.attempts, 1);
             self.wait_for_rate_limit(&body, &request).await;
-            let outcome = {
+            let (outcome, epoch, latency) = {
                 let permit = self
                     .limit
                     .acquire()
@@ -680,7 +680,6 @@ impl LlmClient {
                 let outcome = self.attempt(&request, &body).await;
                 (outcome, permit.epoch(), sent.elapsed())
             };
-            let (outcome, epoch, latency) = outcome;
             match &outcome {
                 Attempt::Done(_) => self.limit.on_success(epoch, latency),
                 Attempt::Retry { reason, .. } if signals_overload(reason) => {
@@ -735,7 +734,10 @@ impl LlmClient {
                             ),
                         });
                     };
-                    failed_attempts.push(format!("HTTP {status}: {message}"));
+                    failed_attempts.push(shorten(
+                        &format!("HTTP {status}: {message}"),
+                        MAX_FAILED_ATTEMPT_BYTES,
+                    ));
                     if changed {
                         tracing::warn!(
                             refused = %shape,
@@ -781,7 +783,7 @@ impl LlmClient {
                             last: reason,
                         });
                     }
-                    failed_attempts.push(reason.clone());
+                    failed_attempts.push(shorten(&reason, MAX_FAILED_ATTEMPT_BYTES));
                     let delay = retry_after
                         .unwrap_or_else(|| self.backoff(attempts))
                         .min(self.config.max_retry_delay);
@@ -1027,6 +1029,10 @@ fn error_message(bytes: &[u8]) -> String {
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// Bytes of a failed attempt's message kept in [`ChatResponse::failed_attempts`] (and so in
+/// reports).
+pub const MAX_FAILED_ATTEMPT_BYTES: usize = 200;
 
 fn shorten(text: &str, max: usize) -> String {
     if text.len() <= max {

@@ -320,21 +320,8 @@ impl Spent {
     fn record(&mut self, reply: &ChatResponse) {
         self.usage.add(reply.usage);
         for message in &reply.failed_attempts {
-            *self
-                .server_errors
-                .entry(truncated(message, MAX_SERVER_ERROR_CHARS))
-                .or_insert(0) += 1;
+            *self.server_errors.entry(message.clone()).or_insert(0) += 1;
         }
-    }
-}
-
-/// Characters of a server error message kept in the report.
-const MAX_SERVER_ERROR_CHARS: usize = 200;
-
-fn truncated(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
     }
 }
 
