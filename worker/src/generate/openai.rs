@@ -389,6 +389,7 @@ impl OpenAiGenerator {
             return Ok(outcome);
         }
         let number = number.to_string();
+        let sentences = numbered_sentences(spec, section);
         let hints = lookups
             .map(|l| l.hints(&section.node_id))
             .unwrap_or_default();
@@ -403,6 +404,7 @@ impl OpenAiGenerator {
                 &context,
                 &number,
                 section,
+                sentences.as_ref(),
                 lookups,
                 &hints,
                 offer_tools,
@@ -455,8 +457,7 @@ impl OpenAiGenerator {
             context,
             number,
             section,
-            sentences: (spec.generator.grounding == Grounding::Sentences)
-                .then(|| NumberedSentences::of(&section.text)),
+            sentences,
             consulted,
         };
         let items = match reply.map_err(|e| shard_error(e, section))? {
@@ -503,12 +504,13 @@ impl OpenAiGenerator {
         context: &str,
         number: &str,
         section: &ShardSection,
+        sentences: Option<&NumberedSentences<'_>>,
         lookups: Option<&Lookups>,
         hints: &SectionHints,
         offer_tools: bool,
     ) -> ChatRequest {
         let listed = lookups.map_or_else(String::new, |l| l.render_hints(hints, offer_tools));
-        let prompt = generation_prompt(spec, plan, number, section, &listed);
+        let prompt = generation_prompt(spec, plan, number, section, sentences, &listed);
         let (model, _) = self.models(spec);
         let mut request = ChatRequest::new(
             model,
@@ -516,12 +518,14 @@ impl OpenAiGenerator {
         );
         request.temperature = Some(spec.generator.temperature);
         request.max_tokens = Some(max_tokens_for(plan.target));
-        let sentences = NumberedSentences::of(&section.text).len();
         request.response_format = Some(items_format(
             ITEMS_SCHEMA_NAME,
             false,
             plan.target as usize,
-            evidence_list(spec.generator.grounding, sentences),
+            evidence_list(
+                spec.generator.grounding,
+                sentences.map_or(0, NumberedSentences::len),
+            ),
         ));
         if offer_tools {
             request.tools = Lookups::tool_definitions();
@@ -1046,7 +1050,9 @@ pub fn estimate_shard(shard: &ShardMessage, lookups: Option<&Lookups>) -> ShardE
             .map(|l| l.hints(&section.node_id))
             .unwrap_or_default();
         let listed = lookups.map_or_else(String::new, |l| l.render_hints(&hints, true));
-        let generation = generation_prompt(spec, &plan, &number, section, &listed);
+        let sentences = numbered_sentences(spec, section);
+        let generation =
+            generation_prompt(spec, &plan, &number, section, sentences.as_ref(), &listed);
         let judge = render(
             JUDGE_TEMPLATE,
             &[
@@ -1073,20 +1079,30 @@ pub fn estimate_shard(shard: &ShardMessage, lookups: Option<&Lookups>) -> ShardE
     estimate
 }
 
+/// The section's numbered sentences, which its evidence cites, when the job grounds by
+/// sentence id.
+fn numbered_sentences<'a>(
+    spec: &JobSpec,
+    section: &'a ShardSection,
+) -> Option<NumberedSentences<'a>> {
+    (spec.generator.grounding == Grounding::Sentences).then(|| NumberedSentences::of(&section.text))
+}
+
 /// The generation task of one section (the second message of its generation call).
+///
+/// With the section's numbered `sentences` ([`numbered_sentences`]) the task lists them and asks
+/// for their ids; without, it asks for quotes.
 fn generation_prompt(
     spec: &JobSpec,
     plan: &SectionPlan,
     number: &str,
     section: &ShardSection,
+    sentences: Option<&NumberedSentences<'_>>,
     lookups: &str,
 ) -> String {
-    let (template, sentences) = match spec.generator.grounding {
-        Grounding::Sentences => (
-            GENERATE_TEMPLATE,
-            NumberedSentences::of(&section.text).render(),
-        ),
-        Grounding::Quotes => (GENERATE_QUOTES_TEMPLATE, String::new()),
+    let (template, sentences) = match sentences {
+        Some(sentences) => (GENERATE_TEMPLATE, sentences.render()),
+        None => (GENERATE_QUOTES_TEMPLATE, String::new()),
     };
     render(
         template,
